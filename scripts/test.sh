@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every nibble test from a fresh clone: installs dependencies, then
+#   1. the release preset: unit tests, convention tests against the numpy reference, the
+#      one-TU-per-header check, compile-fail checks, the CUDA compile check (nvcc, sm_80/89/90)
+#      and the consumer tests (install + find_package, add_subdirectory);
+#   2. the dev preset: the same unit tests under AddressSanitizer + UndefinedBehaviorSanitizer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+[ -x /usr/local/cuda/bin/nvcc ] && export PATH="/usr/local/cuda/bin:$PATH"
+if command -v nvcc > /dev/null; then
+  cmake --workflow --preset cuda   # release + the CUDA part required
+elif [ "${NIBBLE_REQUIRE_CUDA:-0}" = 1 ]; then
+  echo "test.sh: NIBBLE_REQUIRE_CUDA=1 but no nvcc was found (install the CUDA toolkit)" >&2
+  exit 1
+else
+  echo "test.sh: no nvcc on this machine: the CUDA compile check is skipped" >&2
+  cmake --workflow --preset release
+fi
+cmake --workflow --preset dev
