@@ -241,6 +241,9 @@ TEST(WeightQuantizer, TypedAndRuntimeBitsAgreeAndConfigsAreChecked) {
   EXPECT_THROW((nibble::WeightQuantizer<4>(QuantConfig{8, 32, false})), Error);
   EXPECT_THROW((nibble::WeightQuantizer<4>(0, false)), Error);
   EXPECT_THROW((nibble::WeightQuantizer<4>(-7, false)), Error);
+  nibble::QuantizeOptions negative_threads;
+  negative_threads.num_threads = -1;
+  EXPECT_THROW((nibble::WeightQuantizer<4>(QuantConfig{4, 32, false}, negative_threads)), Error);
 }
 
 TEST(WeightQuantizer, NarrowerScalesRoundTheComputedScale) {
@@ -279,6 +282,49 @@ TEST(WeightQuantizer, AcceptsFp16AndBf16WeightsAndTinyShapes) {
         ASSERT_TRUE(std::isfinite(value));
     }
   }
+}
+
+}  // namespace
+
+namespace {
+
+// The worked example in docs/formats.md, derived by hand in fp32 (Olive convention, 4-bit
+// asymmetric, G = 4, one row of K = 5):
+//  group 0 [0.1, -0.2, 0.3, 0.7]: lo = -0.2, hi = 0.7, scale = fl(fl(0.9) / 15) = 0.06f,
+//    zero = round(0.2 / 0.06) = round(3.33) = 3; codes round(x / 0.06 + 3) = 5, 0 (from -0.33),
+//    8, 15 (from 14.67)
+//  group 1 [-0.5] + 3 pads: lo = -0.5, hi = 0, scale = fl(0.5 / 15), zero = round(15.0) = 15;
+//    code round(-15 + 15) = 0; the pads hold the zero point 15
+//  bytes: 5 | 0 << 4 = 0x05, 8 | 15 << 4 = 0xf8, 0 | 15 << 4 = 0xf0, 15 | 15 << 4 = 0xff;
+//  zeros: 3 | 15 << 4 = 0xf3.
+TEST(WeightQuantizer, DocsWorkedExample) {
+  const std::vector<float> row{0.1f, -0.2f, 0.3f, 0.7f, -0.5f};
+  const auto q = quantize<float>(row, Shape{5}, QuantConfig{4, 4, false, ConventionId::olive});
+  EXPECT_EQ(q.qweight(), (std::vector<uint8_t>{0x05, 0xf8, 0xf0, 0xff}));
+  EXPECT_EQ(q.zeros(), (std::vector<uint8_t>{0xf3}));
+  EXPECT_EQ(q.scales()[0], 0.06f);
+  EXPECT_EQ(q.scales()[1], 0.5f / 15.0f);
+}
+
+}  // namespace
+
+namespace {
+
+TEST(WeightQuantizer, ZeroPointPadSlotsFollowTheConvention) {
+  // 3 groups of 4-bit zero points fill 1.5 bytes; the last nibble is padding: 0 for Olive, the
+  // mid code 8 for ONNX Runtime's MLAS (which initialises zero points to 8). 2-bit: 3 of 4 slots.
+  const std::vector<float> weights = nibble::testing::gaussian(2 * 48, 77);
+  const auto olive =
+      quantize<float>(weights, Shape{2, 48}, QuantConfig{4, 16, false, ConventionId::olive});
+  const auto ort =
+      quantize<float>(weights, Shape{2, 48}, QuantConfig{4, 16, false, ConventionId::ort});
+  for (int64_t row = 0; row < 2; ++row) {
+    EXPECT_EQ(olive.zeros()[static_cast<std::size_t>(row * 2 + 1)] >> 4, 0);
+    EXPECT_EQ(ort.zeros()[static_cast<std::size_t>(row * 2 + 1)] >> 4, 8);
+  }
+  const auto two_bit =
+      quantize<float>(weights, Shape{2, 48}, QuantConfig{2, 16, false, ConventionId::ort});
+  EXPECT_EQ(two_bit.zeros()[0] >> 6, 2);
 }
 
 }  // namespace

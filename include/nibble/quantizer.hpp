@@ -77,6 +77,11 @@ class WeightQuantizer {
   explicit WeightQuantizer(const QuantConfig& config, const QuantizeOptions& options = {})
       : config_(config), options_(options) {
     config_.validate();
+    if (options_.num_threads < 0) {
+      detail::fail(ErrorCode::invalid_argument,
+                   "QuantizeOptions.num_threads = ", options_.num_threads,
+                   " (expected >= 0; 0 uses OpenMP's default)");
+    }
     if (config_.bits != Bits) {
       detail::fail(ErrorCode::invalid_argument, "WeightQuantizer<", Bits,
                    ">: config.bits = ", config_.bits, " (expected ", Bits, ")");
@@ -171,7 +176,11 @@ class WeightQuantizer {
     const NonFinitePolicy policy = options_.non_finite;
     const W* x = weights.row(row);
     std::vector<uint8_t> codes(static_cast<std::size_t>(layout.padded_k));
-    std::vector<uint8_t> zero_codes(static_cast<std::size_t>(layout.n_groups));
+    // Zero points fill whole bytes: the slots past n_groups hold the convention's pad code.
+    const int64_t zero_slots = layout.zero_row_bytes * BitPacking<Bits>::kCodesPerByte;
+    std::vector<uint8_t> zero_codes(
+        static_cast<std::size_t>(zero_slots),
+        convention.zero_point_pad == ZeroPointPad::mid ? uint8_t{1u << (Bits - 1)} : uint8_t{0});
     ScaleT* scales = out.scales().data() + row * layout.n_groups;
 
     for (int64_t group = 0; group < layout.n_groups; ++group) {
@@ -221,7 +230,7 @@ class WeightQuantizer {
     BitPacking<Bits>::pack_row(codes.data(), layout.padded_k,
                                out.qweight().data() + row * layout.packed_row_bytes);
     if (!symmetric) {
-      BitPacking<Bits>::pack_row(zero_codes.data(), layout.n_groups,
+      BitPacking<Bits>::pack_row(zero_codes.data(), zero_slots,
                                  out.zeros().data() + row * layout.zero_row_bytes);
     }
     return true;

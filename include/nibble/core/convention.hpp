@@ -81,6 +81,13 @@ enum class SymmetricCodes : uint8_t {
   signed_then_offset,  // q = clamp(round(x / s), -mid, mid - 1) + mid: rounded as a signed integer
 };
 
+// What the unused bits of a row's last zero-point byte hold (odd group counts at 4 bits, etc.).
+// No consumer reads them; they differ between tools, and matching them makes the bytes equal.
+enum class ZeroPointPad : uint8_t {
+  zero,  // 0 bits (Olive's pack_to_uint8 pads with 0)
+  mid,   // the code 2^(bits-1) in every unused slot (MLAS initialises zero points to kMid)
+};
+
 struct Convention {
   const char* name;
   const char* reproduces;  // the tool and function this row is bit-exact with
@@ -94,6 +101,7 @@ struct Convention {
   CodeScale code_scale;
   PadStatistics pad_statistics;
   SymmetricCodes symmetric_codes;
+  ZeroPointPad zero_point_pad;
 };
 
 enum class ConventionId : uint8_t { olive, ort, ort_gather, ort_weight_only };
@@ -104,23 +112,24 @@ inline constexpr Convention kConventions[] = {
     {"olive", "Olive olive.common.quant.utils.WeightQuantizer (torch, per-op in the weight dtype)",
      RangeRule::include_zero, SymmetricScale::gptq_range, EmptyRange::unit_range,
      Rounding::half_to_even, CodeOp::divide, Arithmetic::weight_type, Arithmetic::weight_type,
-     CodeScale::computed, PadStatistics::real_elements, SymmetricCodes::offset},
+     CodeScale::computed, PadStatistics::real_elements, SymmetricCodes::offset, ZeroPointPad::zero},
     {"ort", "ONNX Runtime MatMulNBits quantizer (MLAS BlockwiseQuantizer, q4_dq.cpp)",
      RangeRule::include_zero, SymmetricScale::signed_extreme_over_mid, EmptyRange::zero_scale,
      Rounding::half_away_from_zero, CodeOp::multiply_by_reciprocal, Arithmetic::fp32,
-     Arithmetic::fp32, CodeScale::stored, PadStatistics::real_elements, SymmetricCodes::offset},
+     Arithmetic::fp32, CodeScale::stored, PadStatistics::real_elements, SymmetricCodes::offset,
+     ZeroPointPad::mid},
     {"ort_gather",
      "ONNX Runtime GatherBlockQuantized quantizer (matmul_nbits_quantizer.py quantize_ndarray)",
      RangeRule::include_zero, SymmetricScale::signed_extreme_over_mid,
      EmptyRange::zero_scale_mid_zero, Rounding::half_to_even, CodeOp::divide,
      Arithmetic::weight_type, Arithmetic::weight_type, CodeScale::computed,
-     PadStatistics::real_elements, SymmetricCodes::signed_then_offset},
+     PadStatistics::real_elements, SymmetricCodes::signed_then_offset, ZeroPointPad::zero},
     {"ort_weight_only",
      "ONNX Runtime weight_only RTN (neural_compressor weight_only.py quant_tensor, 'uint'), "
      "run by the ORT GenAI builder for int4_algo_config=rtn",
      RangeRule::raw, SymmetricScale::twice_amax_over_maxq, EmptyRange::unit_scale,
      Rounding::half_to_even, CodeOp::divide, Arithmetic::weight_type, Arithmetic::fp64,
-     CodeScale::computed, PadStatistics::zero_padded, SymmetricCodes::offset},
+     CodeScale::computed, PadStatistics::zero_padded, SymmetricCodes::offset, ZeroPointPad::mid},
 };
 
 inline constexpr int kConventionCount =
