@@ -92,9 +92,10 @@ void gemm_ref_impl(const QuantTensorView<ScaleT>& w, const TensorView<const floa
       dequantize_row_ref(w, packing, col, weight_row.data());
       for (int64_t token = 0; token < x.rows(); ++token) {
         const float* x_row = x.row(token);
+        const float* w_row = weight_row.data();
         double sum = bias != nullptr ? double{bias[col]} : 0.0;
         for (int64_t i = 0; i < k; ++i)
-          sum += double{x_row[i]} * double{weight_row[i]};
+          sum += double{x_row[i]} * double{w_row[i]};
         y.row(token)[col] = static_cast<float>(sum);
       }
     }
@@ -137,9 +138,10 @@ void moe_gemm_ref_impl(const QuantTensorView<ScaleT>& w, const TensorView<const 
         const double gate = gates != nullptr ? double{gates[token * top_k + slot]} : 1.0;
         for (int64_t col = 0; col < n; ++col) {
           dequantize_row_ref(w, packing, expert * n + col, weight_row.data());
+          const float* w_row = weight_row.data();
           double dot = 0.0;
           for (int64_t i = 0; i < w.k(); ++i)
-            dot += double{x_row[i]} * double{weight_row[i]};
+            dot += double{x_row[i]} * double{w_row[i]};
           sums[static_cast<std::size_t>(col)] += gate * dot;
         }
       }
