@@ -10,6 +10,8 @@
 #include "nibble/core/quant_config.hpp"
 #include "nibble/core/tensor_view.hpp"
 #include "nibble/formats/ort.hpp"
+#include "nibble/io/json.hpp"
+#include "nibble/io/safetensors.hpp"
 #include "nibble/kernels/cpu/reference.hpp"
 #include "nibble/pack.hpp"
 #include "nibble/quant_tensor.hpp"

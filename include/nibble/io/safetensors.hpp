@@ -1,0 +1,466 @@
+// SafetensorsFile: a strict, lazy reader for the safetensors format (huggingface/safetensors).
+//
+//   SafetensorsFile file = SafetensorsFile::open("model.safetensors");
+//   for (const auto& tensor : file.tensors()) ...;            // in file (offset) order
+//   std::vector<float> weight = file.read_f32("encoder.layer.0.attention.self.query.weight");
+//
+// File layout (all integers little-endian):
+//   bytes [0, 8)          N, a u64: the header's length in bytes
+//   bytes [8, 8 + N)      the header: a UTF-8 JSON object
+//                           {"NAME": {"dtype": "F32", "shape": [d0, ...], "data_offsets": [b, e]},
+//                            ..., "__metadata__": {"key": "value", ...}}   (metadata optional)
+//   bytes [8 + N, end)    the data section; tensor NAME is bytes [b, e) of it, row-major, LE
+//
+// open() checks everything the reference implementation (Rust read_metadata and
+// Metadata::validate) checks:
+//   - 0 < N <= kMaxSafetensorsHeaderBytes and 8 + N <= file size; the header is valid UTF-8 JSON
+//     whose top level is an object;
+//   - dtype is a known name; dims are integers >= 0 (0 is legal: 0 bytes; [] is a scalar);
+//     data_offsets is [begin, end] with begin <= end;
+//   - element count * dtype size == end - begin, computed with overflow checks;
+//   - sorted by offset, the tensors cover the data section exactly: the first starts at 0, each
+//     starts where the previous ended (no gap, no overlap), the last ends at the end of the file;
+//   - "__metadata__", if present and not null, maps strings to strings.
+// and rejects three kinds of file the reference opens, each of which would otherwise be read
+// as a guess:
+//   - any duplicate key (json.hpp). The reference rejects duplicate fields inside an entry, and
+//     duplicate tensor names whose entries differ (through the offset check), but silently keeps
+//     the last of two identical entries;
+//   - a key other than dtype, shape and data_offsets in a tensor entry (the reference ignores
+//     it): it means a format extension this reader does not know;
+//   - safetensors dtypes nibble has no DType for (U16, F8_E4M3, ...): ErrorCode::unsupported.
+// Tensor data is read on demand (seek + read of that tensor only), so opening a large model
+// costs only its header. A SafetensorsFile owns one input stream: reads are not thread-safe.
+#pragma once
+
+#include <algorithm>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "nibble/core/checked_math.hpp"
+#include "nibble/core/dtype.hpp"
+#include "nibble/core/error.hpp"
+#include "nibble/core/float16.hpp"
+#include "nibble/io/json.hpp"
+
+namespace nibble::io {
+
+// The reference implementation's MAX_HEADER_SIZE (100,000,000 bytes, decimal): a larger N is
+// rejected before anything is allocated for it.
+inline constexpr int64_t kMaxSafetensorsHeaderBytes = 100'000'000;
+
+// One tensor's entry in the header. `shape` is a plain vector, not nibble::Shape: safetensors
+// allows 0-sized dimensions (and rank 0, a scalar), which Shape rejects.
+struct TensorInfo {
+  std::string name;
+  DType dtype = DType::f32;
+  std::vector<int64_t> shape;  // row-major extents; empty for a scalar
+  int64_t begin = 0;           // byte offsets into the data section (which starts at 8 + N):
+  int64_t end = 0;             // the tensor is bytes [begin, end); end - begin = numel * size
+
+  // Checked although open() already validated it: a TensorInfo can also be built by hand.
+  int64_t numel() const {
+    int64_t count = 1;
+    for (int64_t dim : shape)
+      count = nibble::detail::checked_mul(count, dim, "TensorInfo element count");
+    return count;
+  }
+  int64_t size_bytes() const { return end - begin; }
+};
+
+class SafetensorsFile {
+ public:
+  // Opens and validates `path` (see the header comment); reads only the 8 + N header bytes.
+  // Throws ErrorCode::io when the file cannot be opened or read, ErrorCode::malformed when its
+  // contents violate the format, ErrorCode::overflow when a shape's byte size overflows int64,
+  // ErrorCode::unsupported for a safetensors dtype nibble has no DType for (F8_E4M3, U16, ...).
+  static SafetensorsFile open(const std::string& path);
+
+  const std::string& path() const { return path_; }
+  // Every tensor, sorted by data offset (the order of the data section).
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  // The tensor named `name`, or null.
+  const TensorInfo* find(std::string_view name) const;
+  // The "__metadata__" map (empty when the header has none or it is null).
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // Bytes before the data section: 8 + N.
+  int64_t data_start() const { return data_start_; }
+
+  // Tensor `name` converted to float, numel() values in row-major order. F32 is copied bit for
+  // bit, F16 and BF16 widen exactly. Throws ErrorCode::invalid_argument for an unknown name,
+  // ErrorCode::type_mismatch for any other dtype, ErrorCode::io if the file is now shorter.
+  std::vector<float> read_f32(std::string_view name);
+
+  // Copies the raw little-endian bytes of `info` (a TensorInfo of this file) into `out`, which
+  // holds `out_size` >= info.size_bytes() bytes. Throws ErrorCode::buffer_too_small,
+  // ErrorCode::null_pointer, ErrorCode::invalid_argument (info not from this file), or
+  // ErrorCode::io when the file has been truncated since open().
+  void read_raw(const TensorInfo& info, void* out, std::size_t out_size);
+
+ private:
+  SafetensorsFile() = default;
+
+  void parse_header(const std::string& header, int64_t data_bytes);
+  void read_at(int64_t file_offset, char* out, int64_t byte_count, const std::string& what);
+
+  std::string path_;
+  std::ifstream stream_;
+  int64_t data_start_ = 0;
+  std::vector<TensorInfo> tensors_;
+  std::map<std::string, std::string> metadata_;
+  std::map<std::string, std::size_t, std::less<>> position_of_;  // name -> index in tensors_
+};
+
+// ---- implementation ----------------------------------------------------------------------------
+
+namespace detail {
+
+// Little-endian bytes -> value, independent of the host's byte order.
+inline uint64_t load_le(const unsigned char* bytes, int byte_count) {
+  uint64_t value = 0;
+  for (int index = byte_count - 1; index >= 0; --index)
+    value = (value << 8) | bytes[index];
+  return value;
+}
+
+// The header must be UTF-8, as the reference checks before parsing (RFC 3629: no overlong
+// forms, no surrogates, nothing above U+10FFFF). Returns the offset of the first bad byte, or
+// text.size() when all of it is valid.
+inline std::size_t first_invalid_utf8(std::string_view text) {
+  std::size_t at = 0;
+  while (at < text.size()) {
+    const auto lead = static_cast<unsigned char>(text[at]);
+    if (lead < 0x80) {
+      ++at;
+      continue;
+    }
+    std::size_t length = 0;
+    uint32_t min_code_point = 0;
+    if (lead >= 0xc2 && lead <= 0xdf) {
+      length = 2;
+      min_code_point = 0x80;
+    } else if (lead >= 0xe0 && lead <= 0xef) {
+      length = 3;
+      min_code_point = 0x800;
+    } else if (lead >= 0xf0 && lead <= 0xf4) {
+      length = 4;
+      min_code_point = 0x10000;
+    } else {
+      return at;  // a continuation byte, an overlong 2-byte lead (c0, c1) or f5..ff
+    }
+    if (text.size() - at < length) return at;
+    uint32_t code_point = lead & (0x7fu >> length);
+    for (std::size_t index = 1; index < length; ++index) {
+      const auto continuation = static_cast<unsigned char>(text[at + index]);
+      if ((continuation & 0xc0) != 0x80) return at;
+      code_point = (code_point << 6) | (continuation & 0x3fu);
+    }
+    if (code_point < min_code_point || code_point > 0x10ffff ||
+        (code_point >= 0xd800 && code_point <= 0xdfff)) {
+      return at;
+    }
+    at += length;
+  }
+  return at;
+}
+
+inline std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string text = "[";
+  for (std::size_t axis = 0; axis < shape.size(); ++axis)
+    text += (axis ? ", " : "") + std::to_string(shape[axis]);
+  return text + "]";
+}
+
+// safetensors dtypes that nibble has no DType for; naming them gives a clearer error than
+// "unknown dtype" for a file that is valid, just not readable here.
+inline bool is_other_safetensors_dtype(std::string_view name) {
+  for (std::string_view other : {"U16", "U32", "U64", "C64", "F4", "F6_E2M3", "F6_E3M2", "F8_E5M2",
+                                 "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ"}) {
+    if (name == other) return true;
+  }
+  return false;
+}
+
+}  // namespace detail
+
+inline SafetensorsFile SafetensorsFile::open(const std::string& path) {
+  SafetensorsFile file;
+  file.path_ = path;
+  std::error_code status_error;
+  if (std::filesystem::is_directory(path, status_error)) {
+    // A directory opens as a stream on POSIX; only reading it fails, with a confusing message.
+    nibble::detail::fail(ErrorCode::io, "cannot open safetensors file \"", path,
+                         "\": is a directory");
+  }
+  errno = 0;
+  file.stream_.open(path, std::ios::binary);
+  if (!file.stream_.is_open()) {
+    const int open_errno = errno;
+    nibble::detail::fail(ErrorCode::io, "cannot open safetensors file \"", path,
+                         "\": ", open_errno != 0 ? std::strerror(open_errno) : "unknown error");
+  }
+  file.stream_.seekg(0, std::ios::end);
+  const std::streamoff file_size = file.stream_.tellg();
+  if (!file.stream_ || file_size < 0) {
+    const int seek_errno = errno;
+    nibble::detail::fail(ErrorCode::io, "cannot read safetensors file \"", path, "\": ",
+                         seek_errno != 0 ? std::strerror(seek_errno) : "cannot determine its size");
+  }
+  if (file_size < 8) {
+    nibble::detail::fail(ErrorCode::malformed, "safetensors file \"", path, "\" is ", file_size,
+                         " bytes, too short for the 8-byte header length (truncated?)");
+  }
+
+  unsigned char length_bytes[8];
+  file.read_at(0, reinterpret_cast<char*>(length_bytes), 8, "the header length");
+  const uint64_t header_bytes = detail::load_le(length_bytes, 8);
+  if (header_bytes == 0) {
+    nibble::detail::fail(ErrorCode::malformed, "safetensors file \"", path,
+                         "\": header length N = 0 (expected a JSON object of at least 2 bytes)");
+  }
+  if (header_bytes > static_cast<uint64_t>(kMaxSafetensorsHeaderBytes)) {
+    nibble::detail::fail(ErrorCode::malformed, "safetensors file \"", path,
+                         "\": header length N = ", header_bytes, " exceeds the limit of ",
+                         kMaxSafetensorsHeaderBytes, " bytes (not a safetensors file?)");
+  }
+  const auto header_length = static_cast<int64_t>(header_bytes);
+  if (8 + header_length > file_size) {
+    nibble::detail::fail(ErrorCode::malformed, "safetensors file \"", path,
+                         "\": header length N = ", header_length, " but the file is only ",
+                         file_size, " bytes (expected 8 + N <= file size; truncated?)");
+  }
+  std::string header(static_cast<std::size_t>(header_length), '\0');
+  file.read_at(8, header.data(), header_length, "the header");
+  file.data_start_ = 8 + header_length;
+  file.parse_header(header, file_size - file.data_start_);
+  return file;
+}
+
+inline void SafetensorsFile::parse_header(const std::string& header, int64_t data_bytes) {
+  const std::string source = "safetensors header of \"" + path_ + "\"";
+  const std::size_t bad_utf8 = detail::first_invalid_utf8(header);
+  if (bad_utf8 != header.size()) {
+    nibble::detail::fail(ErrorCode::malformed, source, ": byte ", bad_utf8,
+                         ": invalid UTF-8 (expected the header to be UTF-8 JSON)");
+  }
+  const JsonValue root = parse_json(header, source);
+  const JsonValue::Object& entries = root.as_object(source + ": top-level value");
+
+  for (const JsonMember& entry : entries) {
+    if (entry.key == "__metadata__") {
+      if (entry.value.is_null()) continue;  // the reference reads null as "no metadata"
+      const std::string what = source + ": \"__metadata__\"";
+      for (const JsonMember& item : entry.value.as_object(what)) {
+        metadata_[item.key] = item.value.as_string(what + " value of \"" + item.key + "\"");
+      }
+      continue;
+    }
+    const std::string what = source + ": tensor \"" + entry.key + "\"";
+    const JsonValue::Object& fields = entry.value.as_object(what);
+    for (const JsonMember& field : fields) {
+      if (field.key != "dtype" && field.key != "shape" && field.key != "data_offsets") {
+        nibble::detail::fail(ErrorCode::malformed, what, ": unknown key \"", field.key,
+                             "\" at byte ", field.key_offset,
+                             " (expected only dtype, shape and data_offsets)");
+      }
+    }
+    const auto required = [&](const char* key) -> const JsonValue& {
+      const JsonValue* value = entry.value.find(key);
+      if (value == nullptr) {
+        nibble::detail::fail(ErrorCode::malformed, what, " at byte ", entry.value.offset(),
+                             ": missing key \"", key, "\"");
+      }
+      return *value;
+    };
+    // A non-negative integer; a number too large for int64 is an overflow, anything else is
+    // malformed.
+    const auto non_negative = [&](const JsonValue& value, const std::string& label) {
+      if (value.kind() == JsonValue::Kind::real &&
+          value.as_double(label) >= 9.2233720368547758e18) {
+        nibble::detail::fail(ErrorCode::overflow, label, " at byte ", value.offset(), " = ",
+                             value.as_double(label), " does not fit int64");
+      }
+      const int64_t number = value.as_int(label);
+      if (number < 0) {
+        nibble::detail::fail(ErrorCode::malformed, label, " at byte ", value.offset(), " = ",
+                             number, " (expected >= 0)");
+      }
+      return number;
+    };
+
+    TensorInfo info;
+    info.name = entry.key;
+    const JsonValue& dtype_value = required("dtype");
+    const std::string& dtype_name = dtype_value.as_string(what + " dtype");
+    if (detail::is_other_safetensors_dtype(dtype_name)) {
+      nibble::detail::fail(
+          ErrorCode::unsupported, what, ": dtype \"", dtype_name,
+          "\" is not supported by nibble (expected F64, F32, F16, BF16, I64, I32, I16, "
+          "I8, U8 or BOOL)");
+    }
+    try {
+      info.dtype = dtype_from_name(dtype_name);
+    } catch (const Error&) {
+      nibble::detail::fail(ErrorCode::malformed, what, ": unknown dtype \"", dtype_name,
+                           "\" at byte ", dtype_value.offset(),
+                           " (expected F64, F32, F16, BF16, I64, I32, I16, I8, U8 or BOOL)");
+    }
+
+    const JsonValue::Array& dims = required("shape").as_array(what + " shape");
+    // Folded in order like the reference (so [2^40, 2^40, 0] overflows there and here).
+    int64_t numel = 1;
+    for (std::size_t axis = 0; axis < dims.size(); ++axis) {
+      const std::string label = what + " shape[" + std::to_string(axis) + "]";
+      info.shape.push_back(non_negative(dims[axis], label));
+      numel = nibble::detail::checked_mul(numel, info.shape.back(), label.c_str());
+    }
+    const int64_t expected_bytes = nibble::detail::checked_mul(
+        numel, static_cast<int64_t>(size_of(info.dtype)), (what + " byte size").c_str());
+
+    const JsonValue::Array& offsets = required("data_offsets").as_array(what + " data_offsets");
+    if (offsets.size() != 2) {
+      nibble::detail::fail(ErrorCode::malformed, what, ": data_offsets has ", offsets.size(),
+                           " elements (expected 2: [begin, end])");
+    }
+    info.begin = non_negative(offsets[0], what + " data_offsets[0]");
+    info.end = non_negative(offsets[1], what + " data_offsets[1]");
+    if (info.end < info.begin) {
+      nibble::detail::fail(ErrorCode::malformed, what, ": data_offsets [", info.begin, ", ",
+                           info.end, "] end before they begin");
+    }
+    if (info.end > data_bytes) {
+      nibble::detail::fail(ErrorCode::malformed, what, ": data_offsets [", info.begin, ", ",
+                           info.end, "] extend past the data section of ", data_bytes,
+                           " bytes (truncated file?)");
+    }
+    if (info.end - info.begin != expected_bytes) {
+      nibble::detail::fail(ErrorCode::malformed, what, ": data_offsets [", info.begin, ", ",
+                           info.end, "] hold ", info.end - info.begin, " bytes but dtype ",
+                           dtype_name, " with shape ", detail::shape_text(info.shape), " (", numel,
+                           " elements) needs ", expected_bytes);
+    }
+    tensors_.push_back(std::move(info));
+  }
+
+  // The data section must be the tensors back to back. Sorting by (begin, end) puts 0-byte
+  // tensors before a tensor starting at the same offset; the name breaks the remaining ties so
+  // the order does not depend on the header's order.
+  std::sort(tensors_.begin(), tensors_.end(), [](const TensorInfo& a, const TensorInfo& b) {
+    return std::tie(a.begin, a.end, a.name) < std::tie(b.begin, b.end, b.name);
+  });
+  int64_t covered = 0;  // the data section is covered up to here
+  const TensorInfo* previous = nullptr;
+  for (const TensorInfo& info : tensors_) {
+    if (info.begin > covered) {
+      nibble::detail::fail(ErrorCode::malformed, source, ": bytes [", covered, ", ", info.begin,
+                           ") of the data section belong to no tensor (gap before tensor \"",
+                           info.name, "\"; expected tensors back to back)");
+    }
+    if (info.begin < covered) {
+      nibble::detail::fail(ErrorCode::malformed, source, ": tensor \"", info.name, "\" [",
+                           info.begin, ", ", info.end, ") overlaps tensor \"", previous->name,
+                           "\" [", previous->begin, ", ", previous->end, ")");
+    }
+    covered = info.end;
+    previous = &info;
+  }
+  if (covered != data_bytes) {
+    nibble::detail::fail(ErrorCode::malformed, source, ": the tensors cover ", covered,
+                         " bytes of the data section but it holds ", data_bytes,
+                         " (expected no trailing bytes after the last tensor)");
+  }
+  for (std::size_t index = 0; index < tensors_.size(); ++index)
+    position_of_.emplace(tensors_[index].name, index);
+}
+
+inline const TensorInfo* SafetensorsFile::find(std::string_view name) const {
+  const auto found = position_of_.find(name);
+  return found == position_of_.end() ? nullptr : &tensors_[found->second];
+}
+
+inline void SafetensorsFile::read_at(int64_t file_offset, char* out, int64_t byte_count,
+                                     const std::string& what) {
+  stream_.clear();  // a previous short read leaves eof/fail set
+  stream_.seekg(file_offset, std::ios::beg);
+  stream_.read(out, static_cast<std::streamsize>(byte_count));
+  const std::streamsize got = stream_.gcount();
+  if (got != byte_count) {
+    nibble::detail::fail(ErrorCode::io, "safetensors file \"", path_, "\" is truncated: reading ",
+                         what, " (", byte_count, " bytes at offset ", file_offset, ") got only ",
+                         got, " bytes");
+  }
+}
+
+inline void SafetensorsFile::read_raw(const TensorInfo& info, void* out, std::size_t out_size) {
+  const TensorInfo* own = find(info.name);
+  if (own == nullptr || own->begin != info.begin || own->end != info.end ||
+      own->dtype != info.dtype || own->shape != info.shape) {
+    nibble::detail::fail(ErrorCode::invalid_argument, "read_raw: info for tensor \"", info.name,
+                         "\" does not describe a tensor of \"", path_, "\"");
+  }
+  const int64_t byte_count = own->size_bytes();
+  if (out_size < static_cast<uint64_t>(byte_count)) {
+    nibble::detail::fail(ErrorCode::buffer_too_small, "read_raw: out_size = ", out_size,
+                         " bytes but tensor \"", own->name, "\" holds ", byte_count, " bytes");
+  }
+  if (byte_count == 0) return;
+  if (out == nullptr) {
+    nibble::detail::fail(ErrorCode::null_pointer, "read_raw: out is null (tensor \"", own->name,
+                         "\", ", byte_count, " bytes)");
+  }
+  read_at(data_start_ + own->begin, static_cast<char*>(out), byte_count,
+          "tensor \"" + own->name + "\"");
+}
+
+inline std::vector<float> SafetensorsFile::read_f32(std::string_view name) {
+  const TensorInfo* info = find(name);
+  if (info == nullptr) {
+    nibble::detail::fail(ErrorCode::invalid_argument, "read_f32: no tensor named \"", name,
+                         "\" in \"", path_, "\"");
+  }
+  if (info->dtype != DType::f32 && info->dtype != DType::f16 && info->dtype != DType::bf16) {
+    nibble::detail::fail(ErrorCode::type_mismatch, "read_f32: tensor \"", info->name,
+                         "\" has dtype ", to_string(info->dtype), " (expected F32, F16 or BF16)");
+  }
+  const auto count = static_cast<std::size_t>(info->numel());
+  std::vector<unsigned char> bytes(static_cast<std::size_t>(info->size_bytes()));
+  read_raw(*info, bytes.data(), bytes.size());
+
+  std::vector<float> values(count);
+  // One loop per dtype, so the per-element work is a load and a widening, no dtype switch.
+  const auto decode = [&](int element_bytes, auto widen) {
+    for (std::size_t index = 0; index < count; ++index) {
+      const unsigned char* element = bytes.data() + index * static_cast<std::size_t>(element_bytes);
+      values[index] = widen(detail::load_le(element, element_bytes));
+    }
+  };
+  switch (info->dtype) {
+    case DType::f32:
+      decode(4, [](uint64_t bits) {
+        return nibble::detail::float_from_bits(static_cast<uint32_t>(bits));
+      });
+      break;
+    case DType::f16:
+      decode(2,
+             [](uint64_t bits) { return to_float(fp16::from_bits(static_cast<uint16_t>(bits))); });
+      break;
+    default:  // bf16, the only other dtype let through above
+      decode(2,
+             [](uint64_t bits) { return to_float(bf16::from_bits(static_cast<uint16_t>(bits))); });
+      break;
+  }
+  return values;
+}
+
+}  // namespace nibble::io
