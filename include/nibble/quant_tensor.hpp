@@ -101,12 +101,7 @@ class QuantTensorView {
   // Sub-tensor `index` along the first dimension: expert e of [E, N, K] is an [N, K] view of
   // the same bytes (rows are independent, so a slice is a pointer offset).
   QuantTensorView slice(int64_t index) const {
-    Shape inner = shape_.drop_first();
-    if (index < 0 || index >= shape_[0]) {
-      detail::fail(ErrorCode::invalid_argument, "QuantTensorView::slice: index ", index,
-                   " is out of range for shape ", shape_, " (expected 0 <= index < ", shape_[0],
-                   ")");
-    }
+    Shape inner = shape_.slice_shape(index, "QuantTensorView::slice");
     const int64_t first_row = index * inner.rows();
     const int64_t rows = inner.rows();
     return QuantTensorView(std::move(inner), config_, qweight_row(first_row),

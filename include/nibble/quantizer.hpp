@@ -58,12 +58,7 @@ inline std::string format_index(const Shape& shape, int64_t row, int64_t col) {
     index[static_cast<std::size_t>(axis)] = row % shape[axis];
     row /= shape[axis];
   }
-  std::ostringstream text;
-  text << '[';
-  for (std::size_t axis = 0; axis < index.size(); ++axis)
-    text << (axis ? ", " : "") << index[axis];
-  text << ']';
-  return text.str();
+  return format_dims(index);
 }
 
 }  // namespace detail

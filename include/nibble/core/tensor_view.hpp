@@ -19,6 +19,20 @@
 
 namespace nibble {
 
+namespace detail {
+
+// "[a, b, c]": how shapes and indices appear in messages.
+inline std::string format_dims(const std::vector<int64_t>& values) {
+  std::ostringstream text;
+  text << '[';
+  for (std::size_t i = 0; i < values.size(); ++i)
+    text << (i ? ", " : "") << values[i];
+  text << ']';
+  return text.str();
+}
+
+}  // namespace detail
+
 // The extents of a tensor: rank >= 1, every dimension >= 1, element count within int64_t.
 // Empty tensors (a zero dimension) are rejected: no nibble operation has a use for them, and
 // rejecting them keeps "rows >= 1, K >= 1" an invariant of every view.
@@ -64,14 +78,19 @@ class Shape {
     return Shape(std::vector<int64_t>(dims_.begin() + 1, dims_.end()));
   }
 
-  std::string to_string() const {
-    std::ostringstream text;
-    text << '[';
-    for (std::size_t axis = 0; axis < dims_.size(); ++axis)
-      text << (axis ? ", " : "") << dims_[axis];
-    text << ']';
-    return text.str();
+  // The shape of sub-tensor `index` along the first dimension, after checking the index;
+  // `who` names the caller in the message.
+  Shape slice_shape(int64_t index, const char* who) const {
+    Shape inner = drop_first();
+    if (index < 0 || index >= dims_[0]) {
+      detail::fail(ErrorCode::invalid_argument, who, ": index ", index,
+                   " is out of range for shape ", to_string(), " (expected 0 <= index < ", dims_[0],
+                   ")");
+    }
+    return inner;
   }
+
+  std::string to_string() const { return detail::format_dims(dims_); }
 
   friend bool operator==(const Shape& a, const Shape& b) { return a.dims_ == b.dims_; }
   friend bool operator!=(const Shape& a, const Shape& b) { return !(a == b); }
@@ -118,12 +137,7 @@ class TensorView {
 
   // Sub-tensor `index` along the first dimension (expert e of [E, N, K] is an [N, K] view).
   TensorView slice(int64_t index) const {
-    Shape inner = shape_.drop_first();
-    if (index < 0 || index >= shape_[0]) {
-      detail::fail(ErrorCode::invalid_argument, "TensorView::slice: index ", index,
-                   " is out of range for shape ", shape_, " (expected 0 <= index < ", shape_[0],
-                   ")");
-    }
+    Shape inner = shape_.slice_shape(index, "TensorView::slice");
     return TensorView(data_ + index * inner.numel(), std::move(inner));
   }
 
