@@ -4,7 +4,7 @@
 # and runs it on the model's first FFN weight.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh --demo
 cmake -S . -B build/demo -DCMAKE_BUILD_TYPE=Release -DNIBBLE_BUILD_TESTS=OFF \
   -DNIBBLE_BUILD_BENCHMARKS=OFF -DNIBBLE_CUDA=OFF > /dev/null
 cmake --build build/demo --target nibble_demo -j2 > /dev/null

