@@ -246,21 +246,40 @@ TEST(WeightQuantizer, TypedAndRuntimeBitsAgreeAndConfigsAreChecked) {
   EXPECT_THROW((nibble::WeightQuantizer<4>(QuantConfig{4, 32, false}, negative_threads)), Error);
 }
 
-TEST(WeightQuantizer, NarrowerScalesRoundTheComputedScale) {
-  // For conventions that code with the computed scale, fp16 scales are the float scales rounded
-  // to fp16 and the codes are identical; `ort` codes with the stored scale instead.
+TEST(WeightQuantizer, TheScaleTypeNeverChangesACode) {
+  // ScaleT is one rounding of the computed scale made after the codes: fp16 scales are the float
+  // scales rounded to fp16 (ort_weight_only rounds its double scale once instead) and the codes
+  // are the same.
   const std::vector<float> weights = nibble::testing::gaussian(8 * 64, 30);
   for (const QuantConfig& config : all_configs(32)) {
     SCOPED_TRACE(describe(config));
-    if (config.convention == ConventionId::ort_weight_only) continue;  // rounds from double
     const auto wide = quantize<float>(weights, Shape{8, 64}, config);
     const auto narrow = quantize<fp16>(weights, Shape{8, 64}, config);
+    const auto brain = quantize<bf16>(weights, Shape{8, 64}, config);
+    EXPECT_EQ(narrow.qweight(), wide.qweight());
+    EXPECT_EQ(brain.qweight(), wide.qweight());
+    if (config.convention == ConventionId::ort_weight_only) continue;
     for (std::size_t i = 0; i < wide.scales().size(); ++i) {
       ASSERT_EQ(narrow.scales()[i], nibble::from_float<fp16>(wide.scales()[i])) << i;
     }
-    if (nibble::convention(config.convention).code_scale == nibble::CodeScale::computed) {
-      EXPECT_EQ(narrow.qweight(), wide.qweight());
-    }
+  }
+}
+
+TEST(WeightQuantizer, OrtCodesFp16WeightsWithTheFp16Scale) {
+  // MLAS's fp16 path codes with the scale rounded to fp16; its fp32 path (also used for bf16
+  // weights) with the fp32 scale. Over many groups the two must differ somewhere, and the fp16
+  // path must equal coding the fp16 weights' float values with the fp16-rounded scale.
+  const std::vector<float> values = nibble::testing::gaussian(64 * 128, 31);
+  const std::vector<fp16> half = nibble::testing::converted<fp16>(values);
+  std::vector<float> half_as_float;
+  for (fp16 value : half)
+    half_as_float.push_back(nibble::to_float(value));
+  const QuantConfig config{4, 32, false, ConventionId::ort};
+  const auto from_half = quantize<fp16>(half, Shape{64, 128}, config);
+  const auto from_float = quantize<float>(half_as_float, Shape{64, 128}, config);
+  EXPECT_NE(from_half.qweight(), from_float.qweight());
+  for (std::size_t i = 0; i < from_half.scales().size(); ++i) {
+    ASSERT_EQ(from_half.scales()[i], nibble::from_float<fp16>(from_float.scales()[i])) << i;
   }
 }
 

@@ -196,8 +196,12 @@ class WeightQuantizer {
 
       const auto params = rtn::group_params<RangeMath, Math>(convention, Bits, symmetric, lo, hi);
       const ScaleT stored = rtn::store_scale<ScaleT>(params.scale);
-      const V code_scale =
-          convention.code_scale == CodeScale::stored ? V(to_float(stored)) : params.scale;
+      V code_scale = params.scale;
+      if constexpr (std::is_same_v<W, fp16>) {
+        if (convention.code_scale == CodeScale::mlas_element_type) {
+          code_scale = V(to_float(rtn::store_scale<fp16>(params.scale)));  // MLAS's fp16 path
+        }
+      }
       const rtn::GroupCoder<Math> coder(convention, Bits, symmetric, code_scale, params.zero);
       const bool reciprocal_overflows = convention.code_op == CodeOp::multiply_by_reciprocal &&
                                         !std::isfinite(coder.reciprocal());

@@ -21,11 +21,13 @@ ort -- ONNX Runtime MatMulNBits quantizer: MLAS BlockwiseQuantizer::quantizeAndT
     scale_f = (hi - lo) / maxq, zero_fp = scale_f != 0 ? 0 - lo / scale_f : lo, zero = 0 / maxq when
     below / above the range, else roundf(zero_fp). Symmetric: m = |hi| > |lo| ? hi : lo (a tie
     picks lo), scale_f = -m / mid, zero = mid. The scale is stored as the weight type; codes use
-    the stored scale: r = s != 0 ? 1/s : 0; q = clamp(roundf(float(x * r) + zero), 0, maxq) (roundf
+    MLAS's element-type scale s (fp16 weights: the fp16-rounded scale; fp32 weights, and bf16
+    weights, which MatMulNBitsQuantizer converts to fp32 and whose scales it casts to bf16 after
+    quantizing: scale_f): r = s != 0 ? 1/s : 0; q = clamp(roundf(float(x * r) + zero), 0, maxq) (roundf
     = half away from zero; the product and the sum are each rounded to float32, no FMA, as the
     onnxruntime 1.32 wheel computes). MLAS takes only block sizes 16, 32, 64, 128, 256 (other
     sizes throw in onnxruntime 1.32); other group sizes here are our generalization. Weights
-    float32 and float16 as in ORT; bfloat16 cases follow the same rules (our generalization).
+    float32, float16 and bfloat16 as MatMulNBitsQuantizer takes them.
 
 ort_gather -- ONNX Runtime GatherBlockQuantized quantizer: DefaultWeightOnlyQuantizer
     quant_slice_symmetric / quant_slice_asymmetric in
@@ -176,7 +178,9 @@ def ort_quantize(w, bits, symmetric, group_size):
                 )
                 zero = zero.astype(np.int64)
             stored = scale_f.astype(w.dtype)  # ScaleT(scale_f): float32 -> fp16/bf16, nearest even
-            s = stored.astype(f32)
+            # MLAS codes with the scale of its element type: fp16 for fp16 weights; ORT's
+            # quantizer runs bf16 weights through fp32 (and casts the scales afterwards).
+            s = stored.astype(f32) if w.dtype == np.float16 else scale_f
             reciprocal = np.where(s != 0, f32(1) / s, f32(0))
         product = x * reciprocal[:, None]  # rounded to float32 on its own (no FMA)
         total = product + zero[:, None].astype(f32)  # the float32 add, rounded again

@@ -69,10 +69,14 @@ enum class PadStatistics : uint8_t {
   zero_padded,    // the real elements and the zeros K was padded with
 };
 
-// Which scale the codes are computed with.
+// Which scale the codes are computed with. In every case the stored scale (ScaleT) is one
+// rounding of the computed scale made after the codes: the scale type never changes a code.
 enum class CodeScale : uint8_t {
-  computed,  // the scale as computed, before it is rounded to the stored scale type
-  stored,    // the scale after rounding to the stored type (what dequantization will use)
+  computed,  // the scale as computed, in the convention's arithmetic
+  // MLAS computes in fp32, rounds the scale to its element type and codes with that: fp16
+  // weights code with the fp16-rounded scale; fp32 weights, and bf16 weights (which ONNX
+  // Runtime's quantizer runs through fp32, casting the scales to bf16 afterwards), with fp32.
+  mlas_element_type,
 };
 
 // How symmetric codes are formed before they are stored unsigned.
@@ -116,8 +120,8 @@ inline constexpr Convention kConventions[] = {
     {"ort", "ONNX Runtime MatMulNBits quantizer (MLAS BlockwiseQuantizer, q4_dq.cpp)",
      RangeRule::include_zero, SymmetricScale::signed_extreme_over_mid, EmptyRange::zero_scale,
      Rounding::half_away_from_zero, CodeOp::multiply_by_reciprocal, Arithmetic::fp32,
-     Arithmetic::fp32, CodeScale::stored, PadStatistics::real_elements, SymmetricCodes::offset,
-     ZeroPointPad::mid},
+     Arithmetic::fp32, CodeScale::mlas_element_type, PadStatistics::real_elements,
+     SymmetricCodes::offset, ZeroPointPad::mid},
     {"ort_gather",
      "ONNX Runtime GatherBlockQuantized quantizer (matmul_nbits_quantizer.py quantize_ndarray)",
      RangeRule::include_zero, SymmetricScale::signed_extreme_over_mid,

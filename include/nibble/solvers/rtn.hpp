@@ -178,7 +178,7 @@ GroupParams<typename Math::value_type> group_params(const Convention& convention
 // ---- codes --------------------------------------------------------------------------------------
 
 // Maps the values of one group to codes given its parameters. `code_scale` is the scale the
-// codes are computed with (the computed or the stored one, per CodeScale).
+// codes are computed with (per CodeScale).
 template <class Math>
 class GroupCoder {
  public:
