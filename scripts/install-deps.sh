@@ -33,10 +33,9 @@ if ! command -v python3 > /dev/null; then
 fi
 if ! python3 -c "import $python_imports" 2> /dev/null; then
   echo "install-deps: pip installing ${python_packages[*]}"
-  # Debian's own python refuses system-wide pip installs (PEP 668); a pyenv python does not.
-  python3 -m pip install --quiet --disable-pip-version-check "${python_packages[@]}" ||
-    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
-      "${python_packages[@]}"
+  # Debian's own python refuses system-wide pip installs (PEP 668); a pyenv python ignores this.
+  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check \
+    --root-user-action=ignore "${python_packages[@]}"
 fi
 
 # The CUDA toolkit ships nvcc outside PATH.

@@ -3,9 +3,13 @@
 #   1. the release preset: unit tests, convention tests against the numpy reference, the
 #      one-TU-per-header check, compile-fail checks, the CUDA compile check (nvcc, sm_80/89/90)
 #      and the consumer tests (install + find_package, add_subdirectory);
-#   2. the dev preset: the same unit tests under AddressSanitizer + UndefinedBehaviorSanitizer.
+#   2. the dev preset: the same unit tests under AddressSanitizer + UndefinedBehaviorSanitizer;
+#   3. the Python module (pip install .) and its pytest suite, including the bit-exact interop
+#      tests against onnxruntime.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Debian's own python refuses system-wide pip installs (PEP 668); a pyenv python ignores this.
+export PIP_BREAK_SYSTEM_PACKAGES=1
 bash scripts/install-deps.sh
 [ -x /usr/local/cuda/bin/nvcc ] && export PATH="/usr/local/cuda/bin:$PATH"
 if command -v nvcc > /dev/null; then
@@ -18,3 +22,5 @@ else
   cmake --workflow --preset release
 fi
 cmake --workflow --preset dev
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore ".[test]"
+python3 -m pytest -q python/tests
