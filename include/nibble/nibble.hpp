@@ -12,6 +12,8 @@
 #include "nibble/formats/ort.hpp"
 #include "nibble/io/json.hpp"
 #include "nibble/io/safetensors.hpp"
+#include "nibble/kernels/cpu/gemm.hpp"
+#include "nibble/kernels/cpu/isa.hpp"
 #include "nibble/kernels/cpu/reference.hpp"
 #include "nibble/pack.hpp"
 #include "nibble/quant_tensor.hpp"

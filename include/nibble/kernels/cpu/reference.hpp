@@ -41,9 +41,9 @@ void dequantize_row_ref(const QuantTensorView<ScaleT>& w, Packing, int64_t row, 
   }
 }
 
-template <class ScaleT>
+template <class ScaleT, class XT, class YT>
 void check_gemm_operands(const char* function, const QuantTensorView<ScaleT>& w,
-                         const TensorView<const float>& x, const TensorView<float>& y, int64_t n) {
+                         const TensorView<const XT>& x, const TensorView<YT>& y, int64_t n) {
   if (x.cols() != w.k()) {
     fail(ErrorCode::shape_mismatch, function, ": x has shape ", x.shape(), " (K = ", x.cols(),
          ") but the weights ", w.shape(), " have K = ", w.k());

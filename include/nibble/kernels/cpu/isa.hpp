@@ -1,0 +1,88 @@
+// Instruction sets the CPU kernels are built for, and what the running CPU supports.
+//
+//   generic     the portable kernels, compiled for whatever the including translation unit
+//               targets (xsimd's default architecture: SSE2 on a plain x86-64 build, NEON on
+//               AArch64, AVX-512 when the consumer builds with -march=native)
+//   avx2        AVX2 + FMA + F16C                        (nibble::cpu_kernels, x86-64)
+//   avx512      AVX-512 F/BW/DQ/VL + FMA                 (nibble::cpu_kernels, x86-64)
+//   avx512vnni  avx512 + VNNI (vpdpbusd for int8 dots)   (nibble::cpu_kernels, x86-64)
+//
+// Kernel calls pick the best ISA that is both compiled in and supported, unless told otherwise:
+// GemmOptions::isa, or the environment variable NIBBLE_ISA (generic | avx2 | avx512 |
+// avx512vnni) for a whole process. Asking for an ISA that is not available is an Error.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <string_view>
+
+#include "nibble/core/error.hpp"
+
+namespace nibble {
+
+enum class Isa : uint8_t { automatic, generic, avx2, avx512, avx512vnni };
+
+inline const char* to_string(Isa isa) {
+  switch (isa) {
+    case Isa::automatic:
+      return "automatic";
+    case Isa::generic:
+      return "generic";
+    case Isa::avx2:
+      return "avx2";
+    case Isa::avx512:
+      return "avx512";
+    case Isa::avx512vnni:
+      return "avx512vnni";
+  }
+  return "?";
+}
+
+inline Isa isa_from_name(std::string_view name) {
+  for (Isa isa : {Isa::automatic, Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512vnni}) {
+    if (name == to_string(isa)) return isa;
+  }
+  detail::fail(ErrorCode::invalid_argument, "ISA \"", name,
+               "\" is unknown (expected automatic, generic, avx2, avx512 or avx512vnni)");
+}
+
+// Whether the running CPU (and its OS) can execute code for `isa`.
+inline bool cpu_supports(Isa isa) {
+  switch (isa) {
+    case Isa::automatic:
+    case Isa::generic:
+      return true;
+    default:
+      break;
+  }
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+  // __builtin_cpu_supports reads CPUID and checks that the OS saves the wider registers.
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
+                      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                      __builtin_cpu_supports("avx512vl");
+  switch (isa) {
+    case Isa::avx2:
+      return avx2;
+    case Isa::avx512:
+      return avx512;
+    case Isa::avx512vnni:
+      return avx512 && __builtin_cpu_supports("avx512vnni");
+    default:
+      return false;
+  }
+#else
+  return false;
+#endif
+}
+
+// NIBBLE_ISA from the environment (Isa::automatic when unset or empty).
+inline Isa isa_from_environment() {
+  const char* value = std::getenv("NIBBLE_ISA");
+  if (value == nullptr || *value == '\0') return Isa::automatic;
+  return isa_from_name(value);
+}
+
+}  // namespace nibble

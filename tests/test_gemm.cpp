@@ -1,0 +1,359 @@
+// The CPU GEMM kernels against the reference, on every ISA compiled in and supported by this CPU
+// (the others are skipped, saying why).
+//
+// Named tolerances, each derived from the arithmetic:
+//  fp32 path vs gemm_ref (double accumulation):  (K + 2) * 2^-23 * sum_k |x_k| |w_k|, the bound
+//      on a K-term float dot product in any summation order (the weights themselves are
+//      dequantized exactly as the reference does);
+//  fp16 / bf16 outputs: plus one rounding of the result, 2^-11 / 2^-8 relative;
+//  int8 path vs the same int8 activations evaluated exactly (double): the float accumulation of
+//      one term per activation block, (blocks + 2) * 2^-23 * sum |terms|;
+//  int8 path vs fp32: plus the activation quantization error, sum_k |w_k| * scale_block(k) / 2.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "nibble/kernels/cpu/gemm.hpp"
+#include "nibble/quantizer.hpp"
+#include "support/test_data.hpp"
+
+namespace {
+
+using nibble::ActivationPrecision;
+using nibble::bf16;
+using nibble::ConventionId;
+using nibble::fp16;
+using nibble::Isa;
+using nibble::QuantConfig;
+using nibble::QuantTensor;
+using nibble::Shape;
+using nibble::TensorView;
+
+const Isa kIsas[] = {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512vnni};
+
+// Skips the test unless `isa` is compiled in and supported.
+#define NIBBLE_REQUIRE_ISA(isa)                                                     \
+  do {                                                                              \
+    if (nibble::detail::compiled_kernels(isa) == nullptr) {                         \
+      GTEST_SKIP() << nibble::to_string(isa) << " kernels are not compiled in (no " \
+                   << "nibble::cpu_kernels for this compiler / architecture)";      \
+    }                                                                               \
+    if (!nibble::cpu_supports(isa)) {                                               \
+      GTEST_SKIP() << "this CPU does not support " << nibble::to_string(isa);       \
+    }                                                                               \
+  } while (false)
+
+class GemmOnIsa : public ::testing::TestWithParam<Isa> {};
+
+std::string case_name(int64_t m, int64_t n, int64_t k, const QuantConfig& config) {
+  return "M" + std::to_string(m) + "xN" + std::to_string(n) + "xK" + std::to_string(k) + " bits " +
+         std::to_string(config.bits) + " group " + std::to_string(config.group_size) +
+         (config.symmetric ? " sym" : " asym");
+}
+
+template <class ActT>
+std::vector<ActT> activations(int64_t count, uint32_t seed) {
+  return nibble::testing::converted<ActT>(nibble::testing::gaussian(count, seed));
+}
+
+template <class ActT>
+double output_rounding() {
+  if constexpr (std::is_same_v<ActT, fp16>) return std::ldexp(1.0, -11);
+  if constexpr (std::is_same_v<ActT, bf16>) return std::ldexp(1.0, -8);
+  return 0.0;
+}
+
+// Checks gemm (fp32 activations, type ActT) against gemm_ref on one shape and config.
+template <class ActT, class ScaleT = float>
+void check_fp32_path(Isa isa, int64_t m, int64_t n, int64_t k, const QuantConfig& config,
+                     bool with_bias = false, int threads = 0) {
+  SCOPED_TRACE(case_name(m, n, k, config) + " on " + nibble::to_string(isa));
+  const auto seed = static_cast<uint32_t>(m * 7919 + n * 104729 + k);
+  const std::vector<float> weights = nibble::testing::gaussian(n * k, seed);
+  const QuantTensor<ScaleT> q =
+      nibble::quantize<ScaleT>(TensorView<const float>(weights.data(), {n, k}), config);
+  const std::vector<ActT> x = activations<ActT>(m * k, seed + 1);
+  const std::vector<ActT> bias = activations<ActT>(n, seed + 2);
+  std::vector<float> x_float;
+  for (ActT value : x)
+    x_float.push_back(nibble::to_float(value));
+  std::vector<float> bias_float;
+  for (ActT value : bias)
+    bias_float.push_back(nibble::to_float(value));
+
+  std::vector<ActT> y(static_cast<std::size_t>(m * n));
+  nibble::GemmOptions options;
+  options.isa = isa;
+  options.num_threads = threads;
+  if (with_bias) {
+    nibble::gemm(q.view(), TensorView<const ActT>(x.data(), {m, k}),
+                 TensorView<ActT>(y.data(), {m, n}), TensorView<const ActT>(bias.data(), {n}),
+                 options);
+  } else {
+    nibble::gemm(q.view(), TensorView<const ActT>(x.data(), {m, k}),
+                 TensorView<ActT>(y.data(), {m, n}), options);
+  }
+  std::vector<float> reference(y.size());
+  nibble::gemm_ref(q.view(), TensorView<const float>(x_float.data(), {m, k}),
+                   TensorView<float>(reference.data(), {m, n}));
+  const std::vector<float> w_hat = nibble::dequantize_ref(q.view());
+  for (int64_t row = 0; row < m; ++row) {
+    for (int64_t col = 0; col < n; ++col) {
+      double abs_products = 0.0;
+      for (int64_t i = 0; i < k; ++i) {
+        abs_products += std::fabs(double{x_float[static_cast<std::size_t>(row * k + i)]} *
+                                  w_hat[static_cast<std::size_t>(col * k + i)]);
+      }
+      const auto index = static_cast<std::size_t>(row * n + col);
+      const double expected =
+          double{reference[index]} + (with_bias ? bias_float[static_cast<std::size_t>(col)] : 0.0);
+      const double tolerance = static_cast<double>(k + 2) * std::ldexp(1.0, -23) * abs_products +
+                               output_rounding<ActT>() * std::fabs(expected) + 1e-30;
+      ASSERT_NEAR(nibble::to_float(y[index]), expected, tolerance)
+          << "row " << row << " col " << col;
+    }
+  }
+}
+
+TEST_P(GemmOnIsa, MatchesTheReferenceForEveryBitsGroupAndSymmetry) {
+  NIBBLE_REQUIRE_ISA(GetParam());
+  for (int bits : {2, 4, 8}) {
+    for (bool symmetric : {false, true}) {
+      for (int64_t group : {int64_t{16}, int64_t{32}, int64_t{64}, int64_t{128}, int64_t{256}}) {
+        // K not a multiple of the group; odd N; M = 1 (GEMV) and a small batch.
+        const int64_t k = 2 * group + 37;
+        check_fp32_path<float>(GetParam(), 1, 67, k,
+                               QuantConfig{bits, group, symmetric, ConventionId::ort});
+        check_fp32_path<float>(GetParam(), 5, 33, k,
+                               QuantConfig{bits, group, symmetric, ConventionId::olive});
+      }
+      // Per-channel: K a multiple of 16 (the fast kernels) and an odd K (the portable ones).
+      for (int64_t k : {int64_t{256}, int64_t{401}}) {
+        check_fp32_path<float>(GetParam(), 3, 41, k,
+                               QuantConfig{bits, nibble::kPerChannel, symmetric});
+      }
+    }
+  }
+}
+
+TEST_P(GemmOnIsa, EveryBatchSizeAndOddShapes) {
+  NIBBLE_REQUIRE_ISA(GetParam());
+  for (int64_t m : {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 33, 129}) {
+    check_fp32_path<float>(GetParam(), m, 29, 160, QuantConfig{4, 32, false},
+                           /*with_bias=*/m % 2 == 0);
+  }
+  for (int64_t n : {1, 2, 17, 31, 63, 64, 65, 127, 129}) {
+    check_fp32_path<float>(GetParam(), 2, n, 96, QuantConfig{4, 32, true});
+  }
+  for (int64_t k : {1, 15, 16, 17, 31, 33, 127, 129}) {
+    check_fp32_path<float>(GetParam(), 3, 19, k, QuantConfig{8, 16, false});
+  }
+}
+
+TEST_P(GemmOnIsa, M43xN500xK401) {
+  NIBBLE_REQUIRE_ISA(GetParam());
+  check_fp32_path<float>(GetParam(), 43, 500, 401, QuantConfig{4, 32, false}, /*with_bias=*/true);
+  check_fp32_path<float>(GetParam(), 43, 500, 401, QuantConfig{4, 128, true}, true, /*threads=*/1);
+}
+
+TEST_P(GemmOnIsa, Fp16AndBf16ActivationsAndScales) {
+  NIBBLE_REQUIRE_ISA(GetParam());
+  for (bool symmetric : {false, true}) {
+    check_fp32_path<fp16, fp16>(GetParam(), 3, 45, 200, QuantConfig{4, 32, symmetric}, true);
+    check_fp32_path<bf16, bf16>(GetParam(), 3, 45, 200, QuantConfig{4, 32, symmetric}, true);
+    check_fp32_path<float, bf16>(GetParam(), 1, 45, 256, QuantConfig{2, 64, symmetric});
+    check_fp32_path<fp16, float>(GetParam(), 17, 45, 256, QuantConfig{8, 128, symmetric});
+  }
+}
+
+// The int8 path: against the same int8 activations evaluated exactly, and against fp32 within the
+// activation-quantization bound.
+template <class ScaleT = float>
+void check_int8_path(Isa isa, int64_t m, int64_t n, int64_t k, const QuantConfig& config) {
+  SCOPED_TRACE(case_name(m, n, k, config) + " int8 on " + nibble::to_string(isa));
+  const auto seed = static_cast<uint32_t>(m * 31 + n * 131 + k * 7 + config.bits);
+  const std::vector<float> weights = nibble::testing::gaussian(n * k, seed);
+  const QuantTensor<ScaleT> q =
+      nibble::quantize<ScaleT>(TensorView<const float>(weights.data(), {n, k}), config);
+  std::vector<float> x = nibble::testing::gaussian(m * k, seed + 1);
+  if (k > 3) x[1] = 0.0f;  // and an all-zero block in row 0 when there is room
+  const TensorView<const float> x_view(x.data(), {m, k});
+  std::vector<float> y(static_cast<std::size_t>(m * n));
+  nibble::GemmOptions options;
+  options.isa = isa;
+  options.activations = ActivationPrecision::int8;
+  nibble::gemm(q.view(), x_view, TensorView<float>(y.data(), {m, n}), options);
+
+  const auto layout = q.layout();
+  const nibble::QuantizedActivations x_int8 =
+      nibble::quantize_activations(x_view, layout.padded_k, layout.group_size);
+  const std::vector<float> w_hat = nibble::dequantize_ref(q.view());
+  const auto view = q.view();
+  const int64_t blocks = layout.padded_k / x_int8.block;
+  for (int64_t row = 0; row < m; ++row) {
+    for (int64_t col = 0; col < n; ++col) {
+      double exact = 0.0;  // the int8 activations, exactly
+      double term_sizes = 0.0;
+      double quantization = 0.0;  // sum_k |w_k| * scale_block(k) / 2
+      double fp32 = 0.0;
+      double abs_products = 0.0;
+      for (int64_t b = 0; b < blocks; ++b) {
+        const double x_scale = x_int8.scales[static_cast<std::size_t>(row * blocks + b)];
+        double block_dot = 0.0;
+        for (int64_t i = b * x_int8.block; i < std::min(k, (b + 1) * x_int8.block); ++i) {
+          const double w = w_hat[static_cast<std::size_t>(col * k + i)];
+          block_dot += w * x_int8.codes[static_cast<std::size_t>(row * layout.padded_k + i)];
+          quantization += std::fabs(w) * x_scale / 2;
+          fp32 += w * x[static_cast<std::size_t>(row * k + i)];
+          abs_products += std::fabs(w * x[static_cast<std::size_t>(row * k + i)]);
+        }
+        exact += x_scale * block_dot;
+        term_sizes += std::fabs(x_scale * block_dot);
+      }
+      (void)view;
+      const double got = y[static_cast<std::size_t>(row * n + col)];
+      const double accumulation =
+          static_cast<double>(blocks + 2) * std::ldexp(1.0, -23) * term_sizes +
+          static_cast<double>(k + 2) * std::ldexp(1.0, -23) * abs_products;
+      ASSERT_NEAR(got, exact, accumulation + 1e-30) << "row " << row << " col " << col;
+      ASSERT_NEAR(got, fp32, quantization * (1 + 1e-6) + 2 * accumulation + 1e-30)
+          << "row " << row << " col " << col;
+    }
+  }
+}
+
+TEST_P(GemmOnIsa, Int8ActivationsMatchTheirExactValueAndStayWithinTheBound) {
+  NIBBLE_REQUIRE_ISA(GetParam());
+  for (int bits : {2, 4, 8}) {
+    for (bool symmetric : {false, true}) {
+      for (int64_t group : {int64_t{16}, int64_t{32}, int64_t{128}, nibble::kPerChannel}) {
+        check_int8_path(GetParam(), 1, 37, 300, QuantConfig{bits, group, symmetric});
+        check_int8_path<fp16>(GetParam(), 6, 21, 512, QuantConfig{bits, group, symmetric});
+      }
+    }
+  }
+  check_int8_path(GetParam(), 43, 500, 401, QuantConfig{4, 32, false});
+}
+
+TEST_P(GemmOnIsa, Rank3WeightsAreOneMatrixOfAllTheirRows) {
+  NIBBLE_REQUIRE_ISA(GetParam());
+  const std::vector<float> weights = nibble::testing::gaussian(3 * 20 * 64, 5);
+  const auto rank3 = nibble::quantize<float>(TensorView<const float>(weights.data(), {3, 20, 64}),
+                                             QuantConfig{4, 32, false});
+  const std::vector<float> x = nibble::testing::gaussian(2 * 64, 6);
+  std::vector<float> y(2 * 60);
+  std::vector<float> y_ref(2 * 60);
+  nibble::GemmOptions options;
+  options.isa = GetParam();
+  nibble::gemm(rank3.view(), TensorView<const float>(x.data(), {2, 64}),
+               TensorView<float>(y.data(), {2, 60}), options);
+  nibble::gemm_ref(rank3.view(), TensorView<const float>(x.data(), {2, 64}),
+                   TensorView<float>(y_ref.data(), {2, 60}));
+  for (std::size_t i = 0; i < y.size(); ++i)
+    EXPECT_NEAR(y[i], y_ref[i], 1e-4) << i;
+}
+
+INSTANTIATE_TEST_SUITE_P(Isa, GemmOnIsa, ::testing::ValuesIn(kIsas),
+                         [](const ::testing::TestParamInfo<Isa>& param) {
+                           return std::string(nibble::to_string(param.param));
+                         });
+
+TEST(Gemm, ThreadCountDoesNotChangeTheResult) {
+  const std::vector<float> weights = nibble::testing::gaussian(300 * 256, 9);
+  const auto q = nibble::quantize<float>(TensorView<const float>(weights.data(), {300, 256}),
+                                         QuantConfig{4, 64, false});
+  const std::vector<float> x = nibble::testing::gaussian(7 * 256, 10);
+  std::vector<float> one(7 * 300);
+  std::vector<float> two(7 * 300);
+  for (auto [threads, y] : {std::pair<int, std::vector<float>*>{1, &one}, {2, &two}}) {
+    nibble::GemmOptions options;
+    options.num_threads = threads;
+    nibble::gemm(q.view(), TensorView<const float>(x.data(), {7, 256}),
+                 TensorView<float>(y->data(), {7, 300}), options);
+  }
+  EXPECT_EQ(one, two);  // columns are independent: the split never changes a sum
+}
+
+TEST(Gemm, BadInputIsAnError) {
+  const std::vector<float> weights = nibble::testing::gaussian(8 * 64, 1);
+  const auto q = nibble::quantize<float>(TensorView<const float>(weights.data(), {8, 64}),
+                                         QuantConfig{4, 32, false});
+  std::vector<float> buffer(1024);
+  const auto code_of = [&](auto&& call) {
+    try {
+      call();
+    } catch (const nibble::Error& error) {
+      return error.code();
+    }
+    return nibble::ErrorCode::io;
+  };
+  EXPECT_EQ(code_of([&] {
+              nibble::gemm(q.view(), TensorView<const float>(buffer.data(), {2, 63}),
+                           TensorView<float>(buffer.data(), {2, 8}));
+            }),
+            nibble::ErrorCode::shape_mismatch);
+  EXPECT_EQ(code_of([&] {
+              nibble::gemm(q.view(), TensorView<const float>(buffer.data(), {2, 64}),
+                           TensorView<float>(buffer.data(), {2, 7}));
+            }),
+            nibble::ErrorCode::shape_mismatch);
+  EXPECT_EQ(code_of([&] {
+              nibble::gemm(q.view(), TensorView<const float>(buffer.data(), {2, 64}),
+                           TensorView<float>(buffer.data(), {2, 8}),
+                           TensorView<const float>(buffer.data(), {9}));
+            }),
+            nibble::ErrorCode::shape_mismatch);
+  nibble::GemmOptions negative;
+  negative.num_threads = -2;
+  EXPECT_EQ(code_of([&] {
+              nibble::gemm(q.view(), TensorView<const float>(buffer.data(), {2, 64}),
+                           TensorView<float>(buffer.data(), {2, 8}), negative);
+            }),
+            nibble::ErrorCode::invalid_argument);
+  for (Isa isa : {Isa::avx2, Isa::avx512, Isa::avx512vnni}) {
+    if (nibble::detail::compiled_kernels(isa) != nullptr && nibble::cpu_supports(isa)) continue;
+    nibble::GemmOptions unavailable;
+    unavailable.isa = isa;
+    EXPECT_EQ(code_of([&] {
+                nibble::gemm(q.view(), TensorView<const float>(buffer.data(), {2, 64}),
+                             TensorView<float>(buffer.data(), {2, 8}), unavailable);
+              }),
+              nibble::ErrorCode::unsupported);
+  }
+  EXPECT_THROW(nibble::isa_from_name("avx1024"), nibble::Error);
+}
+
+TEST(QuantizeActivations, CodesAreWithinHalfAScaleAndSumsAreExact) {
+  const std::vector<float> x = nibble::testing::gaussian(3 * 100, 4, 3.0f);
+  const auto quantized =
+      nibble::quantize_activations(TensorView<const float>(x.data(), {3, 100}), 128, 32);
+  ASSERT_EQ(quantized.block, 32);
+  for (int64_t row = 0; row < 3; ++row) {
+    for (int64_t b = 0; b < 4; ++b) {
+      const float scale = quantized.scales[static_cast<std::size_t>(row * 4 + b)];
+      int32_t sum = 0;
+      float amax = 0.0f;
+      for (int64_t i = b * 32; i < (b + 1) * 32; ++i) {
+        const int8_t code = quantized.codes[static_cast<std::size_t>(row * 128 + i)];
+        sum += code;
+        ASSERT_GE(code, -127);
+        if (i < 100) {
+          const float value = x[static_cast<std::size_t>(row * 100 + i)];
+          amax = std::max(amax, std::fabs(value));
+          ASSERT_LE(std::fabs(value - code * scale), scale / 2 * (1 + 1e-6f)) << row << "," << i;
+        } else {
+          ASSERT_EQ(code, 0);  // padding
+        }
+      }
+      EXPECT_EQ(sum, quantized.code_sums[static_cast<std::size_t>(row * 4 + b)]);
+      EXPECT_FLOAT_EQ(scale, amax / 127.0f);
+    }
+  }
+  EXPECT_THROW(nibble::quantize_activations(TensorView<const float>(x.data(), {3, 100}), 96, 32),
+               nibble::Error);
+}
+
+}  // namespace
