@@ -261,8 +261,17 @@ void run_gemm(const QuantTensorView<ScaleT>& w, const TensorView<const ActT>& x,
     op.y = y_float.data();
   }
 
+  const int bits = bits_index(w.bits());
   const nibble_gemm_rows_fn kernel =
-      (int8 ? table.gemm_i8 : table.gemm_f32)[bits_index(w.bits())][scale_index<ScaleT>()];
+      (int8 ? table.gemm_i8 : table.gemm_f32)[bits][scale_index<ScaleT>()];
+  // X in the kernels' own order, once for all threads.
+  const std::size_t prepared_bytes = table.prepared_bytes[bits][int8 ? 1 : 0](&op);
+  std::unique_ptr<ScratchBuffer> prepared;
+  if (prepared_bytes > 0) {
+    prepared = std::make_unique<ScratchBuffer>(prepared_bytes);
+    table.prepare[bits][int8 ? 1 : 0](&op, prepared->data());
+    op.prepared = prepared->data();
+  }
   // Columns in chunks of whole 64-column tiles, a few per thread for balance.
   const int threads = std::max(
       1, std::min<int>(thread_count(options.num_threads), static_cast<int>(ceil_div(n, 64))));

@@ -36,6 +36,9 @@ struct nibble_gemm_operands {
   int64_t zero_row_bytes;
   int64_t group_size;
   int64_t n_groups;
+  // X rearranged once per call by the table's `prepare` for its kernels (null when the table
+  // needs no preparation): the kernels read it instead of x / x_codes.
+  const void* prepared;
 };
 
 // Computes Y[:, n_begin:n_end). `scratch` holds nibble_cpu_kernel_table::scratch_bytes bytes
@@ -52,4 +55,8 @@ struct nibble_cpu_kernel_table {
   nibble_gemm_rows_fn gemm_i8[3][3];
   // Scratch bytes one thread needs for a call covering up to `columns` output columns.
   std::size_t (*scratch_bytes)(const nibble_gemm_operands* operands, int64_t columns);
+  // Bytes of prepared X for [bits][int8 ? 1 : 0] (0: no preparation), and the preparation,
+  // run once per call before the kernels (single-threaded).
+  std::size_t (*prepared_bytes[3][2])(const nibble_gemm_operands* operands);
+  void (*prepare[3][2])(const nibble_gemm_operands* operands, void* prepared);
 };
