@@ -332,9 +332,20 @@ struct Int8Kernel {
       }
       const Tile tile{op, params, first};
       int64_t m0 = 0;
-      for (; m0 + 4 <= op->m; m0 += 4)
-        m_block<4>(tile, x, tile_end, m0);
+      for (; m0 + 8 <= op->m; m0 += 8) m_block<8>(tile, x, tile_end, m0);
       switch (op->m - m0) {
+        case 7:
+          m_block<7>(tile, x, tile_end, m0);
+          break;
+        case 6:
+          m_block<6>(tile, x, tile_end, m0);
+          break;
+        case 5:
+          m_block<5>(tile, x, tile_end, m0);
+          break;
+        case 4:
+          m_block<4>(tile, x, tile_end, m0);
+          break;
         case 3:
           m_block<3>(tile, x, tile_end, m0);
           break;
