@@ -6,6 +6,6 @@
 
 const nibble_cpu_kernel_table* nibble_cpu_kernels_avx2() {
   static const nibble_cpu_kernel_table table =
-      nibble::detail::cpu::make_kernel_table<xsimd::fma3<xsimd::avx2>>("avx2");
+      nibble::detail::cpu::make_kernel_table<xsimd::fma3<xsimd::avx2>, true>("avx2");
   return &table;
 }

@@ -6,6 +6,6 @@
 
 const nibble_cpu_kernel_table* nibble_cpu_kernels_avx512() {
   static const nibble_cpu_kernel_table table =
-      nibble::detail::cpu::make_kernel_table<xsimd::avx512bw>("avx512");
+      nibble::detail::cpu::make_kernel_table<xsimd::avx512bw, true>("avx512");
   return &table;
 }

@@ -6,6 +6,6 @@
 
 const nibble_cpu_kernel_table* nibble_cpu_kernels_avx512vnni() {
   static const nibble_cpu_kernel_table table =
-      nibble::detail::cpu::make_kernel_table<xsimd::avx512bw>("avx512vnni");
+      nibble::detail::cpu::make_kernel_table<xsimd::avx512bw, true>("avx512vnni");
   return &table;
 }

@@ -1,14 +1,7 @@
-// The CPU GEMM kernels against the reference, on every ISA compiled in and supported by this CPU
-// (the others are skipped, saying why).
-//
-// Named tolerances, each derived from the arithmetic:
-//  fp32 path vs gemm_ref (double accumulation):  (K + 2) * 2^-23 * sum_k |x_k| |w_k|, the bound
-//      on a K-term float dot product in any summation order (the weights themselves are
-//      dequantized exactly as the reference does);
-//  fp16 / bf16 outputs: plus one rounding of the result, 2^-11 / 2^-8 relative;
-//  int8 path vs the same int8 activations evaluated exactly (double): the float accumulation of
-//      one term per activation block, (blocks + 2) * 2^-23 * sum |terms|;
-//  int8 path vs fp32: plus the activation quantization error, sum_k |w_k| * scale_block(k) / 2.
+// The CPU GEMM kernels against independent truth, on every ISA compiled in and supported by this
+// CPU (the others are skipped, saying why): the streaming kernels (M up to 8 on AVX-512, 4 on
+// AVX2) and the panel kernels above, every bits x group x symmetry x scale / activation type, odd
+// shapes. Tolerances are named and derived in support/kernel_checks.hpp.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -18,6 +11,7 @@
 
 #include "nibble/kernels/cpu/gemm.hpp"
 #include "nibble/quantizer.hpp"
+#include "support/kernel_checks.hpp"
 #include "support/test_data.hpp"
 
 namespace {
@@ -31,20 +25,7 @@ using nibble::QuantConfig;
 using nibble::QuantTensor;
 using nibble::Shape;
 using nibble::TensorView;
-
-const Isa kIsas[] = {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512vnni};
-
-// Skips the test unless `isa` is compiled in and supported.
-#define NIBBLE_REQUIRE_ISA(isa)                                                     \
-  do {                                                                              \
-    if (nibble::detail::compiled_kernels(isa) == nullptr) {                         \
-      GTEST_SKIP() << nibble::to_string(isa) << " kernels are not compiled in (no " \
-                   << "nibble::cpu_kernels for this compiler / architecture)";      \
-    }                                                                               \
-    if (!nibble::cpu_supports(isa)) {                                               \
-      GTEST_SKIP() << "this CPU does not support " << nibble::to_string(isa);       \
-    }                                                                               \
-  } while (false)
+using nibble::testing::output_rounding;
 
 class GemmOnIsa : public ::testing::TestWithParam<Isa> {};
 
@@ -57,13 +38,6 @@ std::string case_name(int64_t m, int64_t n, int64_t k, const QuantConfig& config
 template <class ActT>
 std::vector<ActT> activations(int64_t count, uint32_t seed) {
   return nibble::testing::converted<ActT>(nibble::testing::gaussian(count, seed));
-}
-
-template <class ActT>
-double output_rounding() {
-  if constexpr (std::is_same_v<ActT, fp16>) return std::ldexp(1.0, -11);
-  if constexpr (std::is_same_v<ActT, bf16>) return std::ldexp(1.0, -8);
-  return 0.0;
 }
 
 // Checks gemm (fp32 activations, type ActT) against gemm_ref on one shape and config.
@@ -118,22 +92,30 @@ void check_fp32_path(Isa isa, int64_t m, int64_t n, int64_t k, const QuantConfig
   }
 }
 
+// Every configuration on both kernel families: M = 1 and 5 stream on AVX-512 (M = 5 is a panel on
+// AVX2), M = 13 and 40 are panels everywhere (40: several register blocks and a tail).
 TEST_P(GemmOnIsa, MatchesTheReferenceForEveryBitsGroupAndSymmetry) {
   NIBBLE_REQUIRE_ISA(GetParam());
   for (int bits : {2, 4, 8}) {
     for (bool symmetric : {false, true}) {
-      for (int64_t group : {int64_t{16}, int64_t{32}, int64_t{64}, int64_t{128}, int64_t{256}}) {
-        // K not a multiple of the group; odd N; M = 1 (GEMV) and a small batch.
+      for (int64_t group :
+           {int64_t{16}, int64_t{32}, int64_t{48}, int64_t{64}, int64_t{128}, int64_t{256}}) {
+        // K not a multiple of the group; odd N.
         const int64_t k = 2 * group + 37;
         check_fp32_path<float>(GetParam(), 1, 67, k,
                                QuantConfig{bits, group, symmetric, ConventionId::ort});
         check_fp32_path<float>(GetParam(), 5, 33, k,
                                QuantConfig{bits, group, symmetric, ConventionId::olive});
+        check_fp32_path<float>(GetParam(), 13, 37, k, QuantConfig{bits, group, symmetric},
+                               /*with_bias=*/true);
+        check_fp32_path<float>(GetParam(), 40, 33, k, QuantConfig{bits, group, symmetric});
       }
       // Per-channel: K a multiple of 16 (the fast kernels) and an odd K (the portable ones).
       for (int64_t k : {int64_t{256}, int64_t{401}}) {
-        check_fp32_path<float>(GetParam(), 3, 41, k,
-                               QuantConfig{bits, nibble::kPerChannel, symmetric});
+        for (int64_t m : {int64_t{3}, int64_t{14}}) {
+          check_fp32_path<float>(GetParam(), m, 41, k,
+                                 QuantConfig{bits, nibble::kPerChannel, symmetric});
+        }
       }
     }
   }
@@ -172,70 +154,78 @@ TEST_P(GemmOnIsa, Fp16AndBf16ActivationsAndScales) {
 // The int8 path: against the same int8 activations evaluated exactly, and against fp32 within the
 // activation-quantization bound.
 template <class ScaleT = float>
-void check_int8_path(Isa isa, int64_t m, int64_t n, int64_t k, const QuantConfig& config) {
+void check_int8_path(Isa isa, int64_t m, int64_t n, int64_t k, const QuantConfig& config,
+                     bool with_bias = false) {
   SCOPED_TRACE(case_name(m, n, k, config) + " int8 on " + nibble::to_string(isa));
   const auto seed = static_cast<uint32_t>(m * 31 + n * 131 + k * 7 + config.bits);
   const std::vector<float> weights = nibble::testing::gaussian(n * k, seed);
   const QuantTensor<ScaleT> q =
       nibble::quantize<ScaleT>(TensorView<const float>(weights.data(), {n, k}), config);
   std::vector<float> x = nibble::testing::gaussian(m * k, seed + 1);
-  if (k > 3) x[1] = 0.0f;  // and an all-zero block in row 0 when there is room
+  for (int64_t i = 0; i < std::min<int64_t>(k, 16); ++i)
+    x[static_cast<std::size_t>(i)] = 0.0f;  // an all-zero activation block in row 0
+  const std::vector<float> bias = nibble::testing::gaussian(n, seed + 2);
   const TensorView<const float> x_view(x.data(), {m, k});
   std::vector<float> y(static_cast<std::size_t>(m * n));
   nibble::GemmOptions options;
   options.isa = isa;
   options.activations = ActivationPrecision::int8;
-  nibble::gemm(q.view(), x_view, TensorView<float>(y.data(), {m, n}), options);
+  if (with_bias) {
+    nibble::gemm(q.view(), x_view, TensorView<float>(y.data(), {m, n}),
+                 TensorView<const float>(bias.data(), {n}), options);
+  } else {
+    nibble::gemm(q.view(), x_view, TensorView<float>(y.data(), {m, n}), options);
+  }
 
   const auto layout = q.layout();
   const nibble::QuantizedActivations x_int8 =
       nibble::quantize_activations(x_view, layout.padded_k, layout.group_size);
   const std::vector<float> w_hat = nibble::dequantize_ref(q.view());
-  const auto view = q.view();
-  const int64_t blocks = layout.padded_k / x_int8.block;
   for (int64_t row = 0; row < m; ++row) {
     for (int64_t col = 0; col < n; ++col) {
-      double exact = 0.0;  // the int8 activations, exactly
-      double term_sizes = 0.0;
-      double quantization = 0.0;  // sum_k |w_k| * scale_block(k) / 2
-      double fp32 = 0.0;
-      double abs_products = 0.0;
-      for (int64_t b = 0; b < blocks; ++b) {
-        const double x_scale = x_int8.scales[static_cast<std::size_t>(row * blocks + b)];
-        double block_dot = 0.0;
-        for (int64_t i = b * x_int8.block; i < std::min(k, (b + 1) * x_int8.block); ++i) {
-          const double w = w_hat[static_cast<std::size_t>(col * k + i)];
-          block_dot += w * x_int8.codes[static_cast<std::size_t>(row * layout.padded_k + i)];
-          quantization += std::fabs(w) * x_scale / 2;
-          fp32 += w * x[static_cast<std::size_t>(row * k + i)];
-          abs_products += std::fabs(w * x[static_cast<std::size_t>(row * k + i)]);
-        }
-        exact += x_scale * block_dot;
-        term_sizes += std::fabs(x_scale * block_dot);
-      }
-      (void)view;
+      double fp32_bound = 0.0;
+      const auto expected =
+          nibble::testing::int8_expectation(q.view(), col, x_int8, row, &fp32_bound);
+      const double offset = with_bias ? bias[static_cast<std::size_t>(col)] : 0.0;
+      const auto fp32 =
+          nibble::testing::fp32_expectation(x.data() + row * k, w_hat.data() + col * k, k);
       const double got = y[static_cast<std::size_t>(row * n + col)];
-      const double accumulation =
-          static_cast<double>(blocks + 2) * std::ldexp(1.0, -23) * term_sizes +
-          static_cast<double>(k + 2) * std::ldexp(1.0, -23) * abs_products;
-      ASSERT_NEAR(got, exact, accumulation + 1e-30) << "row " << row << " col " << col;
-      ASSERT_NEAR(got, fp32, quantization * (1 + 1e-6) + 2 * accumulation + 1e-30)
+      ASSERT_NEAR(got, expected.value + offset, expected.tolerance + 1e-7 * std::fabs(offset))
+          << "row " << row << " col " << col;
+      ASSERT_NEAR(got, fp32.value + offset, fp32_bound + 1e-7 * std::fabs(offset))
           << "row " << row << " col " << col;
     }
   }
+}
+
+// Long K (several panel K blocks, stream prefetches across rows) and more rows of X than one
+// panel pass holds.
+TEST_P(GemmOnIsa, LongRowsAndTallBatches) {
+  NIBBLE_REQUIRE_ISA(GetParam());
+  check_fp32_path<float>(GetParam(), 1, 70, 2048 + 16, QuantConfig{4, 32, false});
+  check_fp32_path<float>(GetParam(), 19, 70, 2048 + 16, QuantConfig{2, 128, false});
+  check_fp32_path<float>(GetParam(), 200, 40, 64, QuantConfig{4, 32, true}, /*with_bias=*/true);
+  check_int8_path(GetParam(), 200, 40, 64, QuantConfig{8, 32, false});
+  check_int8_path(GetParam(), 11, 70, 2048 + 16, QuantConfig{4, 128, true});
 }
 
 TEST_P(GemmOnIsa, Int8ActivationsMatchTheirExactValueAndStayWithinTheBound) {
   NIBBLE_REQUIRE_ISA(GetParam());
   for (int bits : {2, 4, 8}) {
     for (bool symmetric : {false, true}) {
-      for (int64_t group : {int64_t{16}, int64_t{32}, int64_t{128}, nibble::kPerChannel}) {
+      for (int64_t group : {int64_t{16}, int64_t{32}, int64_t{48}, int64_t{64}, int64_t{128},
+                            int64_t{256}, nibble::kPerChannel}) {
         check_int8_path(GetParam(), 1, 37, 300, QuantConfig{bits, group, symmetric});
         check_int8_path<fp16>(GetParam(), 6, 21, 512, QuantConfig{bits, group, symmetric});
+        check_int8_path<bf16>(GetParam(), 13, 35, 2 * 64 + 37, QuantConfig{bits, group, symmetric},
+                              /*with_bias=*/true);
       }
     }
   }
-  check_int8_path(GetParam(), 43, 500, 401, QuantConfig{4, 32, false});
+  check_int8_path(GetParam(), 43, 500, 401, QuantConfig{4, 32, false}, /*with_bias=*/true);
+  for (int64_t m : {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33}) {
+    check_int8_path(GetParam(), m, 29, 160, QuantConfig{4, 32, false});
+  }
 }
 
 TEST_P(GemmOnIsa, Rank3WeightsAreOneMatrixOfAllTheirRows) {
@@ -256,10 +246,8 @@ TEST_P(GemmOnIsa, Rank3WeightsAreOneMatrixOfAllTheirRows) {
     EXPECT_NEAR(y[i], y_ref[i], 1e-4) << i;
 }
 
-INSTANTIATE_TEST_SUITE_P(Isa, GemmOnIsa, ::testing::ValuesIn(kIsas),
-                         [](const ::testing::TestParamInfo<Isa>& param) {
-                           return std::string(nibble::to_string(param.param));
-                         });
+INSTANTIATE_TEST_SUITE_P(Isa, GemmOnIsa, ::testing::ValuesIn(nibble::testing::kIsas),
+                         nibble::testing::isa_test_name);
 
 TEST(Gemm, ThreadCountDoesNotChangeTheResult) {
   const std::vector<float> weights = nibble::testing::gaussian(300 * 256, 9);
@@ -324,6 +312,16 @@ TEST(Gemm, BadInputIsAnError) {
               nibble::ErrorCode::unsupported);
   }
   EXPECT_THROW(nibble::isa_from_name("avx1024"), nibble::Error);
+  // An empty batch cannot be expressed: shapes reject zero-sized dimensions, with a message.
+  EXPECT_EQ(code_of([&] {
+              TensorView<const float>(buffer.data(), {0, 64});
+            }),
+            nibble::ErrorCode::shape_mismatch);
+  // Null activations are rejected by the view.
+  EXPECT_EQ(code_of([&] {
+              TensorView<const float>(nullptr, {2, 64});
+            }),
+            nibble::ErrorCode::null_pointer);
 }
 
 TEST(QuantizeActivations, CodesAreWithinHalfAScaleAndSumsAreExact) {

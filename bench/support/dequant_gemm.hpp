@@ -10,6 +10,10 @@
 //   GFLOPs    2 * M * N * K / time per call / 1e9
 //   eigen_ms  Eigen fp32 on the dequantized W, same M, N, K and threads, cold weights (median)
 //   vs_eigen  eigen time / our time (> 1: nibble is faster)
+//   read_ms   a plain streaming read of the same cold bytes (qweight + scales + zeros of another
+//             copy), same threads, timed in the same loop as the kernel: the median
+//   vs_read   read_ms / our time: 1.0 = the kernel costs no more than reading its weights; unlike
+//             roofline it moves with the machine's bandwidth while the benchmark runs
 // Label: "<ISA that ran> <activations>", e.g. "avx512vnni int8".
 #pragma once
 
@@ -26,6 +30,8 @@
 #include <random>
 #include <string>
 #include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #if defined(_OPENMP)
@@ -126,23 +132,25 @@ inline std::vector<float> random_activations(int64_t m, int64_t k) {
 // iteration count, then per repetition) with the same config, so the set is built once per config.
 struct ColdQuantWeights {
   QuantConfig config;
-  int64_t n = 0;
-  int64_t k = 0;
+  std::vector<int64_t> shape;
   std::vector<QuantTensor<BenchScale>> copies;
   std::vector<QuantTensorView<BenchScale>> views;
 };
 
-inline const ColdQuantWeights& cold_quant_weights(const QuantConfig& config, int64_t n, int64_t k) {
+// `shape`: [N, K], or [E, N, K] for MoE experts.
+inline const ColdQuantWeights& cold_quant_weights(const QuantConfig& config,
+                                                  const std::vector<int64_t>& shape) {
   static ColdQuantWeights slot;
-  if (!slot.copies.empty() && slot.config == config && slot.n == n && slot.k == k) return slot;
+  if (!slot.copies.empty() && slot.config == config && slot.shape == shape) return slot;
   slot = ColdQuantWeights{};  // free the previous set before building the next
   slot.config = config;
-  slot.n = n;
-  slot.k = k;
-  const std::vector<float> weights = random_weights(n, k);
+  slot.shape = shape;
+  const Shape tensor_shape(shape);
+  const std::vector<float> weights = random_weights(tensor_shape.rows(), tensor_shape.last());
   QuantTensor<BenchScale> original =
-      quantize<BenchScale>(TensorView<const float>(weights.data(), {n, k}), config);
-  const std::size_t copies = cold_copy_count(static_cast<std::size_t>(original.storage_bytes()), 2);
+      quantize<BenchScale>(TensorView<const float>(weights.data(), tensor_shape), config);
+  // At least 3 copies, so the read baseline between calls can use one neither call touches.
+  const std::size_t copies = cold_copy_count(static_cast<std::size_t>(original.storage_bytes()), 3);
   slot.copies.reserve(copies);
   for (std::size_t copy = 1; copy < copies; ++copy)
     slot.copies.push_back(original);
@@ -150,6 +158,69 @@ inline const ColdQuantWeights& cold_quant_weights(const QuantConfig& config, int
   for (const auto& copy : slot.copies)
     slot.views.push_back(copy.view());
   return slot;
+}
+
+// The buffers of one copy, for the read baseline.
+inline std::vector<ReadSpan> weight_spans(const QuantTensor<BenchScale>& copy) {
+  std::vector<ReadSpan> spans{{copy.qweight().data(), copy.qweight().size()},
+                              {copy.scales().data(), copy.scales().size() * sizeof(BenchScale)}};
+  if (!copy.zeros().empty()) spans.push_back({copy.zeros().data(), copy.zeros().size()});
+  return spans;
+}
+
+// Times `call(copy index)` over the cold copies as the benchmark's manual time. Between calls
+// (untimed by Google Benchmark) it times a read pass over another copy, and `baseline(copy)` on
+// another copy when given, so the baselines see the machine as the calls do. Returns seconds per
+// call and the medians of the read and baseline times (0 when no baseline).
+struct TimedCalls {
+  double per_call = 0.0;
+  double read = 0.0;
+  double baseline = 0.0;
+};
+
+template <class Call, class Baseline = std::nullptr_t>
+TimedCalls timed_calls(benchmark::State& state, const ColdQuantWeights& weights, int threads,
+                       Call&& call, Baseline&& baseline = nullptr) {
+  constexpr bool kHasBaseline = !std::is_same_v<std::decay_t<Baseline>, std::nullptr_t>;
+  const std::size_t copies = weights.copies.size();
+  // The copy half the rotation away (at least 2 on): enough traffic passes between its last use
+  // and its use here, and between here and its next call, that it is never found cached.
+  const std::size_t distance = std::max<std::size_t>(2, copies / 2);
+  std::size_t next = 0;
+  call(next);  // untimed: kernel tables are built lazily
+  if constexpr (kHasBaseline) baseline(next);
+  next = 1 % copies;
+  double seconds = 0.0;
+  std::vector<double> reads;
+  std::vector<double> baselines;
+  for (auto _ : state) {
+    const auto start = std::chrono::steady_clock::now();
+    call(next);
+    const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+    state.SetIterationTime(elapsed.count());
+    seconds += elapsed.count();
+    const std::size_t other = (next + distance) % copies;
+    reads.push_back(read_seconds(weight_spans(weights.copies[other]), threads));
+    if constexpr (kHasBaseline) {
+      const std::size_t third = (other + distance) % copies;
+      const auto baseline_start = std::chrono::steady_clock::now();
+      baseline(third);
+      baselines.push_back(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - baseline_start).count());
+    }
+    next = (next + 1) % copies;
+  }
+  TimedCalls out;
+  if (reads.empty()) return out;
+  const auto median = [](std::vector<double>& values) {
+    std::nth_element(values.begin(),
+                     values.begin() + static_cast<std::ptrdiff_t>(values.size() / 2), values.end());
+    return values[values.size() / 2];
+  };
+  out.per_call = seconds / static_cast<double>(state.iterations());
+  out.read = median(reads);
+  if (!baselines.empty()) out.baseline = median(baselines);
+  return out;
 }
 
 // ---- the Eigen fp32 baseline --------------------------------------------------------------------
@@ -262,7 +333,7 @@ void run_dequant_gemm(benchmark::State& state) {
   const bool int8 = state.range(kArgActivations) != 0;
   const QuantConfig config{Bits, GroupSize, Symmetric, ConventionId::olive};
 
-  const ColdQuantWeights& weights = cold_quant_weights(config, n, k);
+  const ColdQuantWeights& weights = cold_quant_weights(config, {n, k});
   const double eigen = eigen_seconds(weights.views.front(), m, run.threads);
 
   const std::vector<float> x = random_activations(m, k);
@@ -273,27 +344,15 @@ void run_dequant_gemm(benchmark::State& state) {
   options.num_threads = run.threads;
   options.activations = int8 ? ActivationPrecision::int8 : ActivationPrecision::fp32;
 
-  // One untimed call (kernel tables are built lazily) on copy 0; the timed calls start at copy 1.
-  std::size_t next = 0;
-  const auto call = [&] {
-    gemm(weights.views[next], x_view, y_view, options);
+  const TimedCalls timed = timed_calls(state, weights, run.threads, [&](std::size_t copy) {
+    gemm(weights.views[copy], x_view, y_view, options);
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
-    next = (next + 1) % weights.views.size();
-  };
-  call();
+  });
+  const double per_call = timed.per_call;
+  const double read = timed.read;
+  if (per_call <= 0.0) return;
 
-  double seconds = 0.0;
-  for (auto _ : state) {
-    const auto start = std::chrono::steady_clock::now();
-    call();
-    const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
-    state.SetIterationTime(elapsed.count());
-    seconds += elapsed.count();
-  }
-  if (state.iterations() == 0 || seconds <= 0.0) return;
-
-  const double per_call = seconds / static_cast<double>(state.iterations());
   const double bytes = static_cast<double>(weights.copies.front().storage_bytes());
   const double gbps = bytes / per_call / 1e9;
   state.counters["GBps"] = gbps;
@@ -302,6 +361,8 @@ void run_dequant_gemm(benchmark::State& state) {
                              static_cast<double>(k) / per_call / 1e9;
   state.counters["eigen_ms"] = eigen * 1e3;
   state.counters["vs_eigen"] = eigen / per_call;
+  state.counters["read_ms"] = read * 1e3;
+  state.counters["vs_read"] = read / per_call;
   state.SetLabel(std::string(gemm_isa(weights.views.front(), options)) +
                  (int8 ? " int8" : " fp32"));
 }

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "nibble/core/parallel.hpp"
 
@@ -39,6 +40,36 @@ inline double measure_read_bandwidth_gbps(int threads, std::size_t bytes = std::
     best_seconds = std::min(best_seconds, elapsed.count());
   }
   return static_cast<double>(words * sizeof(uint64_t)) / best_seconds / 1e9;
+}
+
+// A buffer a read pass covers.
+struct ReadSpan {
+  const void* data;
+  std::size_t bytes;
+};
+
+// Seconds to stream-read the spans once with `threads` threads in one parallel region (each
+// thread a contiguous share of each span, the same 64-bit sum): what reading a kernel's operands
+// costs when nothing else is done with them.
+inline double read_seconds(const std::vector<ReadSpan>& spans, int threads) {
+  uint64_t sum = 0;
+  const auto start = std::chrono::steady_clock::now();
+#if defined(_OPENMP)
+#pragma omp parallel reduction(+ : sum) num_threads(::nibble::detail::thread_count(threads))
+#endif
+  for (const ReadSpan& span : spans) {
+    const auto* words = static_cast<const uint64_t*>(span.data);
+    const auto count = static_cast<int64_t>(span.bytes / sizeof(uint64_t));
+#if defined(_OPENMP)
+#pragma omp for schedule(static) nowait
+#endif
+    for (int64_t i = 0; i < count; ++i)
+      sum += words[i];
+  }
+  const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+  volatile uint64_t sink = sum;
+  (void)sink;
+  return elapsed.count();
 }
 
 // The thread count from OMP_NUM_THREADS (OpenMP's default), so every number says what it used.

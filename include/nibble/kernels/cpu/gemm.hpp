@@ -15,36 +15,26 @@
 //
 // The kernels run on the best ISA compiled in and supported by the CPU (see isa.hpp), threaded
 // over N with OpenMP (GemmOptions::num_threads, 0 = OpenMP's default). They are re-entrant: no
-// mutable global state but the lazily built kernel tables.
+// mutable global state but the lazily built kernel tables. M = 0 (an empty batch) is a no-op.
 #pragma once
 
 #include <algorithm>
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <memory>
 #include <type_traits>
 #include <vector>
-
-#include <xsimd/xsimd.hpp>
 
 #include "nibble/core/checked_math.hpp"
 #include "nibble/core/error.hpp"
 #include "nibble/core/float16.hpp"
 #include "nibble/core/parallel.hpp"
 #include "nibble/core/tensor_view.hpp"
-#include "nibble/kernels/cpu/detail/kernel_table.hpp"
+#include "nibble/kernels/cpu/detail/activation_blocks.hpp"
+#include "nibble/kernels/cpu/dispatch.hpp"
 #include "nibble/kernels/cpu/isa.hpp"
 #include "nibble/kernels/cpu/kernel_abi.hpp"
 #include "nibble/kernels/cpu/reference.hpp"
 #include "nibble/quant_tensor.hpp"
-
-#if defined(NIBBLE_WITH_CPU_KERNELS_X86)
-// Defined in the nibble::cpu_kernels library, one translation unit per ISA (src/).
-const nibble_cpu_kernel_table* nibble_cpu_kernels_avx2();
-const nibble_cpu_kernel_table* nibble_cpu_kernels_avx512();
-const nibble_cpu_kernel_table* nibble_cpu_kernels_avx512vnni();
-#endif
 
 namespace nibble {
 
@@ -71,16 +61,6 @@ struct QuantizedActivations {
 
 namespace detail {
 
-// The activation block for weights with `group_size`: the group itself when it is small, else
-// the largest power of two <= 256 dividing it (per-channel rows of odd length: the whole row).
-inline int64_t activation_block(int64_t group_size) {
-  if (group_size <= 256) return group_size;
-  for (int64_t block : {256, 128, 64, 32, 16}) {
-    if (group_size % block == 0) return block;
-  }
-  return group_size;
-}
-
 // Rows of `x` (K valid elements each) quantized in blocks of `block` over `padded_k` elements.
 template <class ActT>
 QuantizedActivations quantize_activation_blocks(const TensorView<const ActT>& x, int64_t padded_k,
@@ -94,155 +74,61 @@ QuantizedActivations quantize_activation_blocks(const TensorView<const ActT>& x,
                    0);
   out.scales.assign(static_cast<std::size_t>(x.rows() * blocks), 0.0f);
   out.code_sums.assign(static_cast<std::size_t>(x.rows() * blocks), 0);
-  const int64_t k = x.cols();
+  std::vector<float> row_values(static_cast<std::size_t>(padded_k), 0.0f);
   for (int64_t row = 0; row < x.rows(); ++row) {
-    const ActT* values = x.row(row);
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t begin = b * block;
-      const int64_t end = std::min(begin + block, k);
-      float amax = 0.0f;
-      for (int64_t i = begin; i < end; ++i)
-        amax = std::max(amax, std::fabs(to_float(values[i])));
-      const auto index = static_cast<std::size_t>(row * blocks + b);
-      if (amax == 0.0f) continue;  // codes stay 0, scale 0
-      const float inverse = 127.0f / amax;
-      int32_t sum = 0;
-      for (int64_t i = begin; i < end; ++i) {
-        // nearbyint: round half to even in the default environment; |x| <= amax keeps the code
-        // within [-127, 127].
-        const auto code = static_cast<int8_t>(std::nearbyint(to_float(values[i]) * inverse));
-        out.codes[static_cast<std::size_t>(row * padded_k + i)] = code;
-        sum += code;
-      }
-      out.scales[index] = amax / 127.0f;
-      out.code_sums[index] = sum;
-    }
+    for (int64_t i = 0; i < x.cols(); ++i)
+      row_values[static_cast<std::size_t>(i)] = to_float(x.row(row)[i]);
+    quantize_activation_row(row_values.data(), padded_k, block, out.codes.data() + row * padded_k,
+                            out.scales.data() + row * blocks, out.code_sums.data() + row * blocks);
   }
   return out;
 }
 
-// A 64-byte aligned scratch buffer.
-class ScratchBuffer {
- public:
-  explicit ScratchBuffer(std::size_t bytes) : storage_(new unsigned char[bytes + 64]) {
-    void* pointer = storage_.get();
-    std::size_t space = bytes + 64;
-    data_ = std::align(64, bytes, pointer, space);
-  }
-  void* data() const { return data_; }
-
- private:
-  std::unique_ptr<unsigned char[]> storage_;
-  void* data_ = nullptr;
-};
-
-// The table for `isa`, or null when it is not compiled in.
-inline const nibble_cpu_kernel_table* compiled_kernels(Isa isa) {
-  switch (isa) {
-    case Isa::generic: {
-      static const nibble_cpu_kernel_table table =
-          cpu::make_kernel_table<xsimd::default_arch>(xsimd::default_arch::name());
-      return &table;
-    }
-#if defined(NIBBLE_WITH_CPU_KERNELS_X86)
-    case Isa::avx2:
-      return nibble_cpu_kernels_avx2();
-    case Isa::avx512:
-      return nibble_cpu_kernels_avx512();
-    case Isa::avx512vnni:
-      return nibble_cpu_kernels_avx512vnni();
-#endif
-    default:
-      return nullptr;
+// Writes rows [begin, end) of X (K values each, type ActT) as float rows of padded_k (zero pads).
+template <class ActT>
+void convert_activation_rows(const TensorView<const ActT>& x, const int64_t* source_rows,
+                             int64_t begin, int64_t end, int64_t padded_k, float* out) {
+  const int64_t k = x.cols();
+  for (int64_t row = begin; row < end; ++row) {
+    const ActT* in = x.row(source_rows != nullptr ? source_rows[row] : row);
+    float* values = out + row * padded_k;
+    for (int64_t i = 0; i < k; ++i)
+      values[i] = to_float(in[i]);
+    std::fill(values + k, values + padded_k, 0.0f);
   }
 }
 
-// The ISA a call with `requested` runs on: the request (or NIBBLE_ISA), checked, or the best
-// available one.
-inline Isa resolve_isa(Isa requested) {
-  if (requested == Isa::automatic) requested = isa_from_environment();
-  if (requested == Isa::automatic) {
-    for (Isa isa : {Isa::avx512vnni, Isa::avx512, Isa::avx2}) {
-      if (compiled_kernels(isa) != nullptr && cpu_supports(isa)) return isa;
-    }
-    return Isa::generic;
-  }
-  if (compiled_kernels(requested) == nullptr) {
-    fail(ErrorCode::unsupported, "ISA ", to_string(requested),
-         " is not compiled in (link nibble::cpu_kernels for avx2 / avx512 / avx512vnni)");
-  }
-  if (!cpu_supports(requested)) {
-    fail(ErrorCode::unsupported, "ISA ", to_string(requested), " is not supported by this CPU");
-  }
-  return requested;
-}
-
-template <class ScaleT>
-constexpr int scale_index() {
-  return std::is_same_v<ScaleT, float> ? 0 : std::is_same_v<ScaleT, fp16> ? 1 : 2;
-}
-
-inline int bits_index(int bits) {
-  return bits == 2 ? 0 : bits == 4 ? 1 : 2;
-}
-
-// The table whose kernel runs for this tensor: the resolved ISA's, unless the tensor's group size
-// is not a multiple of what its fast kernels need, in which case the portable kernels run.
-template <class ScaleT>
-const nibble_cpu_kernel_table& kernels_for(const QuantTensorView<ScaleT>& w, Isa requested) {
-  const nibble_cpu_kernel_table* table = compiled_kernels(resolve_isa(requested));
-  if (w.layout().group_size % table->group_multiple != 0) table = compiled_kernels(Isa::generic);
-  return *table;
+template <class ActT>
+void convert_outputs(const std::vector<float>& y_float, ActT* y, int num_threads) {
+  const auto count = static_cast<int64_t>(y_float.size());
+  NIBBLE_PARALLEL_FOR(num_threads)
+  for (int64_t i = 0; i < count; ++i)
+    y[i] = from_float<ActT>(y_float[static_cast<std::size_t>(i)]);
 }
 
 template <class ScaleT, class ActT>
 void run_gemm(const QuantTensorView<ScaleT>& w, const TensorView<const ActT>& x,
               const TensorView<ActT>& y, const ActT* bias, const GemmOptions& options) {
   static_assert(is_float_type_v<ActT>, "gemm: activations are float, fp16 or bf16");
-  if (options.num_threads < 0) {
-    fail(ErrorCode::invalid_argument, "GemmOptions.num_threads = ", options.num_threads,
-         " (expected >= 0; 0 uses OpenMP's default)");
-  }
+  check_threads("gemm", options.num_threads);
   const nibble_cpu_kernel_table& table = kernels_for(w, options.isa);
-  const RowLayout& layout = w.layout();
   const int64_t m = x.rows();
   const int64_t n = w.rows();
-  const int64_t k = w.k();
+  if (m == 0 || n == 0) return;  // nothing to compute (documented: an empty batch is a no-op)
 
-  nibble_gemm_operands op{};
+  std::vector<nibble_gemm_operands> ops{weight_operands(w, 0, n)};
+  nibble_gemm_operands& op = ops[0];
   op.m = m;
-  op.n = n;
-  op.padded_k = layout.padded_k;
-  op.qweight = w.qweight();
-  op.packed_row_bytes = layout.packed_row_bytes;
-  op.scales = w.scales();
-  op.zeros = w.zeros();
-  op.zero_row_bytes = layout.zero_row_bytes;
-  op.group_size = layout.group_size;
-  op.n_groups = layout.n_groups;
 
-  // Activations, padded to whole groups with zeros.
+  // Activations as float rows of padded_k: X itself when it already is, else converted rows.
   std::vector<float> x_float;
-  QuantizedActivations x_int8;
-  const bool int8 = options.activations == ActivationPrecision::int8;
-  if (int8) {
-    x_int8 = quantize_activation_blocks(x, layout.padded_k, activation_block(layout.group_size));
-    op.x_codes = x_int8.codes.data();
-    op.x_scales = x_int8.scales.data();
-    op.x_code_sums = x_int8.code_sums.data();
-    op.x_block = x_int8.block;
-  } else if (std::is_same_v<ActT, float> && layout.padded_k == k) {
-    op.x = reinterpret_cast<const float*>(x.data());  // already float and unpadded: no copy
-  } else {
-    x_float.assign(static_cast<std::size_t>(checked_mul(m, layout.padded_k, "activations")), 0.0f);
-    for (int64_t row = 0; row < m; ++row) {
-      for (int64_t i = 0; i < k; ++i) {
-        x_float[static_cast<std::size_t>(row * layout.padded_k + i)] = to_float(x.row(row)[i]);
-      }
-    }
+  const bool convert = !std::is_same_v<ActT, float> || op.padded_k != x.cols();
+  if (convert) {
+    x_float.resize(static_cast<std::size_t>(checked_mul(m, op.padded_k, "activations")));
     op.x = x_float.data();
+  } else {
+    op.x = reinterpret_cast<const float*>(x.data());
   }
-
   std::vector<float> bias_float;
   if (bias != nullptr) {
     if constexpr (std::is_same_v<ActT, float>) {
@@ -261,42 +147,15 @@ void run_gemm(const QuantTensorView<ScaleT>& w, const TensorView<const ActT>& x,
     op.y = y_float.data();
   }
 
-  const int bits = bits_index(w.bits());
-  const nibble_gemm_rows_fn kernel =
-      (int8 ? table.gemm_i8 : table.gemm_f32)[bits][scale_index<ScaleT>()];
-  // X in the kernels' own order, once for all threads.
-  const std::size_t prepared_bytes = table.prepared_bytes[bits][int8 ? 1 : 0](&op);
-  std::unique_ptr<ScratchBuffer> prepared;
-  if (prepared_bytes > 0) {
-    prepared = std::make_unique<ScratchBuffer>(prepared_bytes);
-    table.prepare[bits][int8 ? 1 : 0](&op, prepared->data());
-    op.prepared = prepared->data();
-  }
-  // Columns in chunks of whole 64-column tiles, a few per thread for balance.
-  const int threads = std::max(
-      1, std::min<int>(thread_count(options.num_threads), static_cast<int>(ceil_div(n, 64))));
-  const int64_t chunk = std::max<int64_t>(64, ceil_div(ceil_div(n, threads * 4), 64) * 64);
-  const int64_t chunks = ceil_div(n, chunk);
-  const std::size_t scratch_bytes = table.scratch_bytes(&op, chunk);
-  std::vector<ScratchBuffer> scratch;
-  for (int thread = 0; thread < threads; ++thread)
-    scratch.emplace_back(scratch_bytes);
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-#endif
-  for (int64_t index = 0; index < chunks; ++index) {
-#if defined(_OPENMP)
-    void* thread_scratch = scratch[static_cast<std::size_t>(omp_get_thread_num())].data();
-#else
-    void* thread_scratch = scratch[0].data();
-#endif
-    kernel(&op, index * chunk, std::min(n, (index + 1) * chunk), thread_scratch);
-  }
-
-  if constexpr (!std::is_same_v<ActT, float>) {
-    for (std::size_t i = 0; i < y_float.size(); ++i)
-      y.data()[i] = from_float<ActT>(y_float[i]);
-  }
+  run_gemm_batch(table, w.bits(), scale_index<ScaleT>(),
+                 options.activations == ActivationPrecision::int8, ops, options.num_threads,
+                 [&](std::size_t, int64_t begin, int64_t end) {
+                   if (convert) {
+                     convert_activation_rows(x, nullptr, begin, end, op.padded_k, x_float.data());
+                   }
+                 });
+  if constexpr (!std::is_same_v<ActT, float>)
+    convert_outputs(y_float, y.data(), options.num_threads);
 }
 
 }  // namespace detail

@@ -15,17 +15,11 @@
 // Operands of Y = X * dequant(W)^T for output columns [n_begin, n_end), validated and prepared by
 // the dispatcher (kernels/cpu/gemm.hpp). All arrays are row-major and dense.
 struct nibble_gemm_operands {
-  int64_t m;         // rows of X and Y
-  int64_t n;         // rows of W = columns of Y
-  int64_t padded_k;  // n_groups * group_size: X rows are zero-padded to this length
-  // fp32 path: X [m, padded_k], the activations converted to float (pads are 0.0).
-  const float* x;
-  // int8 path: X quantized per row in blocks of x_block: codes [m, padded_k] (pads 0), scales
-  // and code sums [m, padded_k / x_block]. x_block divides group_size.
-  const int8_t* x_codes;
-  const float* x_scales;
-  const int32_t* x_code_sums;
-  int64_t x_block;
+  int64_t m;          // rows of X and Y
+  int64_t n;          // rows of W = columns of Y
+  int64_t padded_k;   // n_groups * group_size: X rows are zero-padded to this length
+  const float* x;     // X [m, padded_k] as float (pads are 0.0)
+  int64_t x_block;    // int8 activations: elements per quantization block (divides group_size)
   float* y;           // [m, n] fp32 (the dispatcher converts to the output type)
   const float* bias;  // [n] or null
   // W in the canonical layout.
@@ -36,27 +30,48 @@ struct nibble_gemm_operands {
   int64_t zero_row_bytes;
   int64_t group_size;
   int64_t n_groups;
-  // X rearranged once per call by the table's `prepare` for its kernels (null when the table
-  // needs no preparation): the kernels read it instead of x / x_codes.
+  // X in the kernels' own form (decode order, int8 codes and scales, ...), made by the table's
+  // prepare functions before any kernel runs; the kernels read it instead of x.
   const void* prepared;
 };
 
-// Computes Y[:, n_begin:n_end). `scratch` holds nibble_cpu_kernel_table::scratch_bytes bytes
-// (64-byte aligned) private to the calling thread.
+// Computes Y[:, n_begin:n_end). `scratch` holds scratch_bytes bytes (64-byte aligned) private to
+// the calling thread.
 using nibble_gemm_rows_fn = void (*)(const nibble_gemm_operands* operands, int64_t n_begin,
                                      int64_t n_end, void* scratch);
 
-// The kernels one ISA provides. Indices: [bits: 2, 4, 8 -> 0, 1, 2][scale: f32, f16, bf16].
+// Operands of out[r, :] = dequant(W[row_of(r), :]) for r in [row_begin, row_end).
+struct nibble_dequantize_operands {
+  const uint8_t* qweight;  // canonical layout, as in nibble_gemm_operands
+  int64_t packed_row_bytes;
+  const void* scales;
+  const uint8_t* zeros;
+  int64_t zero_row_bytes;
+  int64_t group_size;
+  int64_t n_groups;
+  int64_t k;            // elements written per row (W's K)
+  const int64_t* rows;  // source row of each output row (validated), or null: row r itself
+  float* out;           // [*, out_stride]
+  int64_t out_stride;
+};
+
+using nibble_dequantize_rows_fn = void (*)(const nibble_dequantize_operands* operands,
+                                           int64_t row_begin, int64_t row_end);
+
+// The kernels one ISA provides. Indices: [bits: 2, 4, 8 -> 0, 1, 2], [scale: f32, f16, bf16],
+// [activations: fp32, int8 -> 0, 1].
 struct nibble_cpu_kernel_table {
   const char* isa;         // "generic (sse2)", "avx2", "avx512", "avx512vnni"
   int64_t lanes;           // fp32 lanes of the ISA's vectors
   int64_t group_multiple;  // the fast kernels need group_size % group_multiple == 0
-  nibble_gemm_rows_fn gemm_f32[3][3];
-  nibble_gemm_rows_fn gemm_i8[3][3];
-  // Scratch bytes one thread needs for a call covering up to `columns` output columns.
-  std::size_t (*scratch_bytes)(const nibble_gemm_operands* operands, int64_t columns);
-  // Bytes of prepared X for [bits][int8 ? 1 : 0] (0: no preparation), and the preparation,
-  // run once per call before the kernels (single-threaded).
+  nibble_gemm_rows_fn gemm[3][3][2];
+  nibble_dequantize_rows_fn dequantize_rows[3][3];
+  // Scratch bytes one thread needs for a call (any columns).
+  std::size_t (*scratch_bytes[3][2])(const nibble_gemm_operands* operands);
+  // Bytes of prepared X; its parts shared by all rows (once, single-threaded); then rows
+  // [row_begin, row_end) of it (rows in parallel). All run before the kernels.
   std::size_t (*prepared_bytes[3][2])(const nibble_gemm_operands* operands);
-  void (*prepare[3][2])(const nibble_gemm_operands* operands, void* prepared);
+  void (*prepare_shared[3][2])(const nibble_gemm_operands* operands, void* prepared);
+  void (*prepare_rows[3][2])(const nibble_gemm_operands* operands, void* prepared,
+                             int64_t row_begin, int64_t row_end);
 };

@@ -1,5 +1,5 @@
-// The table of kernels for one architecture: the fast ISA-specific kernels where they exist,
-// the portable ones everywhere else.
+// The table of kernels for one architecture: the x86 kernels (x86_*.hpp) in the translation
+// units built for AVX2 / AVX-512, the portable ones everywhere else.
 #pragma once
 
 #include <xsimd/xsimd.hpp>
@@ -9,89 +9,133 @@
 #include <type_traits>
 
 #include "nibble/core/float16.hpp"
-#include "nibble/kernels/cpu/detail/avx512_int8_kernels.hpp"
-#include "nibble/kernels/cpu/detail/avx512_kernels.hpp"
 #include "nibble/kernels/cpu/detail/portable_kernels.hpp"
+#include "nibble/kernels/cpu/detail/x86_panel_kernels.hpp"
 #include "nibble/kernels/cpu/kernel_abi.hpp"
 
 namespace nibble::detail::cpu {
 
-inline std::size_t no_preparation_bytes(const nibble_gemm_operands*) {
-  return 0;
-}
-inline void no_preparation(const nibble_gemm_operands*, void*) {}
+#if defined(NIBBLE_X86_AVX2_COMPILED)
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
-inline constexpr bool kAvx512Compiled = true;
-#else
-inline constexpr bool kAvx512Compiled = false;
-#endif
+// Y = X * W^T on x86: the streaming kernel for small M (decoding), panels above.
+template <class T, int Bits, class ScaleT, bool Int8>
+struct X86Gemm {
+  using Stream = std::conditional_t<Int8, StreamI8<T, Bits, ScaleT>, StreamF32<T, Bits, ScaleT>>;
+  using Panel = std::conditional_t<Int8, PanelI8<T, Bits, ScaleT>, PanelF32<T, Bits, ScaleT>>;
 
-// The VNNI table is the AVX-512 one built in a unit with -mavx512vnni (vpdpbusd for int8 dots).
-#if defined(__AVX512VNNI__)
-inline constexpr bool kVnniCompiled = true;
-#else
-inline constexpr bool kVnniCompiled = false;
-#endif
+  static void run(const nibble_gemm_operands* op, int64_t n_begin, int64_t n_end, void* scratch) {
+    if (op->m <= T::kStreamMaxM) {
+      Stream::run(op, n_begin, n_end, scratch);
+    } else {
+      Panel::run(op, n_begin, n_end, scratch);
+    }
+  }
+  static std::size_t scratch_bytes(const nibble_gemm_operands* op) {
+    return op->m <= T::kStreamMaxM ? Stream::scratch_bytes(op) : Panel::scratch_bytes(op);
+  }
+};
 
+// The x86 traits for an xsimd architecture tag, or void.
 template <class Arch>
-constexpr bool uses_avx512_kernels() {
-  return kAvx512Compiled && std::is_same_v<Arch, xsimd::avx512bw>;
+struct X86TraitsFor {
+  using type = void;
+};
+template <>
+struct X86TraitsFor<xsimd::fma3<xsimd::avx2>> {
+  using type = Avx2Traits;
+};
+#if defined(NIBBLE_X86_AVX512_COMPILED)
+template <>
+struct X86TraitsFor<xsimd::avx512bw> {
+#if defined(__AVX512VNNI__)
+  using type = Avx512Traits<true>;
+#else
+  using type = Avx512Traits<false>;
+#endif
+};
+#endif
+
+template <class T, int Bits, class ScaleT>
+void fill_x86_kernels(nibble_cpu_kernel_table& table, int bits_index, int scale_index) {
+  table.gemm[bits_index][scale_index][0] = &X86Gemm<T, Bits, ScaleT, false>::run;
+  table.gemm[bits_index][scale_index][1] = &X86Gemm<T, Bits, ScaleT, true>::run;
+  table.dequantize_rows[bits_index][scale_index] = &DequantizeRows<T, Bits, ScaleT>::run;
+  if constexpr (std::is_same_v<ScaleT, float>) {
+    table.scratch_bytes[bits_index][0] = &X86Gemm<T, Bits, ScaleT, false>::scratch_bytes;
+    table.scratch_bytes[bits_index][1] = &X86Gemm<T, Bits, ScaleT, true>::scratch_bytes;
+    table.prepared_bytes[bits_index][0] = &prepared_bytes_f32<T, Bits>;
+    table.prepared_bytes[bits_index][1] = &prepared_bytes_i8<T, Bits>;
+    table.prepare_shared[bits_index][0] = &prepare_shared_f32<T, Bits>;
+    table.prepare_shared[bits_index][1] = &prepare_shared_i8<T, Bits>;
+    table.prepare_rows[bits_index][0] = &prepare_rows_f32<T, Bits>;
+    table.prepare_rows[bits_index][1] = &prepare_rows_i8<T, Bits>;
+  }
 }
+
+#endif  // AVX2
+
+// The x86 traits a table for Arch uses, or void for the portable kernels.
+template <class Arch, bool UseX86>
+struct TableTraits {
+  using type = void;
+};
+#if defined(NIBBLE_X86_AVX2_COMPILED)
+template <class Arch>
+struct TableTraits<Arch, true> {
+  using type = typename X86TraitsFor<Arch>::type;
+};
+#endif
 
 template <class Arch, int Bits, class ScaleT>
-void fill_kernels(nibble_cpu_kernel_table& table, int bits_index, int scale_index) {
+void fill_portable_kernels(nibble_cpu_kernel_table& table, int bits_index, int scale_index) {
   using Portable = PortableKernels<Arch, Bits, ScaleT>;
-  table.gemm_f32[bits_index][scale_index] = &Portable::gemm_f32;
-  table.gemm_i8[bits_index][scale_index] = &Portable::gemm_i8;
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
-  if constexpr (uses_avx512_kernels<Arch>()) {
-    table.gemm_f32[bits_index][scale_index] = &avx512::Fp32Kernel<Bits, ScaleT>::run;
-    table.prepared_bytes[bits_index][0] = &avx512::prepared_bytes_f32<Bits>;
-    table.prepare[bits_index][0] = &avx512::prepare_f32<Bits>;
-    table.gemm_i8[bits_index][scale_index] = &avx512::Int8Kernel<Bits, ScaleT, kVnniCompiled>::run;
-    table.prepared_bytes[bits_index][1] = &avx512::prepared_bytes_i8<Bits>;
-    table.prepare[bits_index][1] = &avx512::prepare_i8<Bits>;
-  }
-#endif
+  table.gemm[bits_index][scale_index][0] = &Portable::gemm_f32;
+  table.gemm[bits_index][scale_index][1] = &Portable::gemm_i8;
+  table.dequantize_rows[bits_index][scale_index] = &Portable::dequantize_rows;
+  table.scratch_bytes[bits_index][0] = &Portable::scratch_bytes;
+  table.scratch_bytes[bits_index][1] = &Portable::scratch_bytes;
+  table.prepared_bytes[bits_index][0] = &portable_prepared_bytes_f32;
+  table.prepared_bytes[bits_index][1] = &portable_prepared_bytes_i8;
+  table.prepare_shared[bits_index][0] = &portable_prepare_shared;
+  table.prepare_shared[bits_index][1] = &portable_prepare_shared;
+  table.prepare_rows[bits_index][0] = &portable_prepare_rows_f32;
+  table.prepare_rows[bits_index][1] = &portable_prepare_rows_i8;
 }
 
-template <class Arch, int Bits>
+template <class Arch, bool UseX86, int Bits, class ScaleT>
+void fill_kernels(nibble_cpu_kernel_table& table, int bits_index, int scale_index) {
+  using X86 = typename TableTraits<Arch, UseX86>::type;
+  if constexpr (std::is_void_v<X86>) {
+    fill_portable_kernels<Arch, Bits, ScaleT>(table, bits_index, scale_index);
+  } else {
+#if defined(NIBBLE_X86_AVX2_COMPILED)
+    fill_x86_kernels<X86, Bits, ScaleT>(table, bits_index, scale_index);
+#endif
+  }
+}
+
+template <class Arch, bool UseX86, int Bits>
 void fill_scale_types(nibble_cpu_kernel_table& table, int bits_index) {
-  for (int int8 = 0; int8 < 2; ++int8) {
-    table.prepared_bytes[bits_index][int8] = &no_preparation_bytes;
-    table.prepare[bits_index][int8] = &no_preparation;
-  }
-  fill_kernels<Arch, Bits, float>(table, bits_index, 0);
-  fill_kernels<Arch, Bits, fp16>(table, bits_index, 1);
-  fill_kernels<Arch, Bits, bf16>(table, bits_index, 2);
-}
-
-template <class Arch>
-std::size_t scratch_bytes(const nibble_gemm_operands* op, int64_t columns) {
-  std::size_t bytes = PortableKernels<Arch, 4, float>::scratch_bytes(op, columns);
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
-  if constexpr (uses_avx512_kernels<Arch>()) {
-    bytes = std::max(bytes, avx512::Fp32Kernel<4, float>::scratch_bytes(op, columns));
-    bytes =
-        std::max(bytes, avx512::Int8Kernel<4, float, kVnniCompiled>::scratch_bytes(op, columns));
-  }
-#endif
-  return bytes;
+  fill_kernels<Arch, UseX86, Bits, float>(table, bits_index, 0);
+  fill_kernels<Arch, UseX86, Bits, fp16>(table, bits_index, 1);
+  fill_kernels<Arch, UseX86, Bits, bf16>(table, bits_index, 2);
 }
 
 // `isa` names the table in messages and benchmarks (a string literal: it must outlive the table).
-template <class Arch>
+// UseX86: the x86 kernels for Arch (in nibble::cpu_kernels' units); false: the portable kernels.
+template <class Arch, bool UseX86 = false>
 nibble_cpu_kernel_table make_kernel_table(const char* isa) {
   nibble_cpu_kernel_table table{};
   table.isa = isa;
   table.lanes = static_cast<int64_t>(xsimd::batch<float, Arch>::size);
-  // The portable kernels take any group size; the AVX-512 ones whole 16-element slices.
-  table.group_multiple = uses_avx512_kernels<Arch>() ? 16 : 1;
-  fill_scale_types<Arch, 2>(table, 0);
-  fill_scale_types<Arch, 4>(table, 1);
-  fill_scale_types<Arch, 8>(table, 2);
-  table.scratch_bytes = &scratch_bytes<Arch>;
+  table.group_multiple = 1;  // the portable kernels take any group size
+  // The x86 kernels need whole 16-element slices per group (x86_layout.hpp).
+  if constexpr (!std::is_void_v<typename TableTraits<Arch, UseX86>::type>) {
+    table.group_multiple = 16;
+  }
+  fill_scale_types<Arch, UseX86, 2>(table, 0);
+  fill_scale_types<Arch, UseX86, 4>(table, 1);
+  fill_scale_types<Arch, UseX86, 8>(table, 2);
   return table;
 }
 
