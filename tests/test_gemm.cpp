@@ -209,6 +209,23 @@ TEST_P(GemmOnIsa, LongRowsAndTallBatches) {
   check_int8_path(GetParam(), 11, 70, 2048 + 16, QuantConfig{4, 128, true});
 }
 
+// Small batches over long rows: the streaming kernels walk K in blocks that keep X in L1, tiles
+// of W rows waiting in between (M = 4 on AVX2, 8 on AVX-512, K = 4096 + 48).
+TEST_P(GemmOnIsa, StreamingKBlocks) {
+  NIBBLE_REQUIRE_ISA(GetParam());
+  for (int bits : {2, 4, 8}) {
+    for (bool symmetric : {false, true}) {
+      for (int64_t group : {int64_t{32}, int64_t{48}, int64_t{128}, nibble::kPerChannel}) {
+        const QuantConfig config{bits, group, symmetric};
+        for (int64_t m : {int64_t{4}, int64_t{8}}) {
+          check_fp32_path<float>(GetParam(), m, 37, 4096 + 48, config, /*with_bias=*/true);
+          check_int8_path(GetParam(), m, 37, 4096 + 48, config);
+        }
+      }
+    }
+  }
+}
+
 TEST_P(GemmOnIsa, Int8ActivationsMatchTheirExactValueAndStayWithinTheBound) {
   NIBBLE_REQUIRE_ISA(GetParam());
   for (int bits : {2, 4, 8}) {

@@ -63,8 +63,7 @@ void load_row_parameters(const nibble_gemm_operands& op, int64_t row, float* sca
     zero[g] = 0.0f;
 }
 
-// ---- fp32 decoding
-// -------------------------------------------------------------------------------
+// ---- fp32 decoding ---------------------------------------------------------------------------
 
 template <class T, int Bits>
 struct F32Decoder {
@@ -160,8 +159,7 @@ struct F32Decoder {
   }
 };
 
-// ---- int8 decoding
-// -------------------------------------------------------------------------------
+// ---- int8 decoding ---------------------------------------------------------------------------
 
 template <class T, int Bits>
 struct I8Decoder {
@@ -188,8 +186,7 @@ struct I8Decoder {
   }
 };
 
-// ---- dequantization to memory
-// ---------------------------------------------------------------------
+// ---- dequantization to memory ----------------------------------------------------------------
 
 // out[r, 0 .. k) = dequant(W[row_of(r)]) in element order: units decoded (scaled) as the GEMM
 // kernels do, then written back in element order (planes interleaved).

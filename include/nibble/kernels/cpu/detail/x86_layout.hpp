@@ -12,8 +12,11 @@
 //              of one 16-element slice, so with group_size % 16 == 0 a lane never straddles groups.
 //
 // A prepared row is its padded_k activations (zero past them) in that order, rounded up to whole
-// units. Units whose lanes may belong to different groups ("split" units, when group_size is not
-// a multiple of the unit) carry, per unit, the first group and each lane's group relative to it.
+// units. Small batches (M <= T::kStreamMaxM, the streaming kernels) interleave the rows unit by
+// unit, [unit][row][position], so that a kernel reaches every row of a unit at a constant offset
+// from one pointer; larger batches (the panel kernels) keep rows whole, [row][unit][position].
+// Units whose lanes may belong to different groups ("split" units, when group_size is not a
+// multiple of the unit) carry, per unit, the first group and each lane's group relative to it.
 #pragma once
 
 #include "nibble/kernels/cpu/detail/x86_simd.hpp"
@@ -93,17 +96,24 @@ class Carver {
   int64_t used_ = 0;
 };
 
-// ---- fp32 activations
-// ----------------------------------------------------------------------------
+// ---- fp32 activations ------------------------------------------------------------------------
 
 template <class T, int Bits>
 struct PreparedF32 {
   using U = F32Unit<T, Bits>;
   int64_t row_length = 0;  // floats per prepared row: padded_k rounded up to whole units
   int64_t units = 0;
-  bool split = false;  // group_size % unit elements != 0
-  float* x = nullptr;  // [m][row_length]
+  bool split = false;        // group_size % unit elements != 0
+  bool interleaved = false;  // [unit][row][position] (M <= kStreamMaxM), else [row][...]
+  int64_t rows = 0;
+  float* x = nullptr;  // m * row_length floats
   LaneGroups lanes{};  // split units only
+
+  // Offset of (row, unit) in x.
+  int64_t offset(int64_t row, int64_t unit) const {
+    return interleaved ? (unit * rows + row) * U::kElements
+                       : row * row_length + unit * U::kElements;
+  }
 
   // The layout over `base` (null: only sizes); returns the bytes it takes.
   static std::size_t carve(const nibble_gemm_operands& op, void* base, PreparedF32* out) {
@@ -113,6 +123,8 @@ struct PreparedF32 {
     p.row_length = round_up(op.padded_k, U::kElements);
     p.units = p.row_length / U::kElements;
     p.split = op.group_size % U::kElements != 0;
+    p.interleaved = op.m <= T::kStreamMaxM;
+    p.rows = op.m;
     p.x = carver.take<float>(op.m * p.row_length);
     if (p.split) {
       p.lanes.first = carver.take<int32_t>(p.units);
@@ -155,19 +167,18 @@ void prepare_rows_f32(const nibble_gemm_operands* op, void* prepared, int64_t ro
   PreparedF32<T, Bits>::carve(*op, prepared, &p);
   for (int64_t row = row_begin; row < row_end; ++row) {
     const float* x = op->x + row * op->padded_k;
-    float* out = p.x + row * p.row_length;
     for (int64_t u = 0; u < p.units; ++u) {
       const int64_t base = u * U::kElements;
+      float* out = p.x + p.offset(row, u);
       for (int64_t position = 0; position < U::kElements; ++position) {
         const int64_t element = base + U::element_of(position);
-        out[base + position] = element < op->padded_k ? x[element] : 0.0f;
+        out[position] = element < op->padded_k ? x[element] : 0.0f;
       }
     }
   }
 }
 
-// ---- int8 activations
-// ----------------------------------------------------------------------------
+// ---- int8 activations ------------------------------------------------------------------------
 //
 // Each row of X is quantized in blocks of op.x_block elements exactly as quantize_activations
 // does (scale max|x| / 127, codes nearbyint(x * 127 / max|x|)), then stored in int8-unit order.
@@ -179,25 +190,44 @@ struct PreparedI8 {
   using U = I8Unit<T, Bits>;
   int64_t row_length = 0;  // codes per prepared row
   int64_t units = 0;
-  int64_t blocks = 0;            // activation blocks per row: padded_k / x_block
-  bool split = false;            // x_block % unit elements != 0: scales applied lane by lane
-  int8_t* codes = nullptr;       // [m][row_length]
-  float* scales = nullptr;       // [m][blocks]
-  float* lane_scales = nullptr;  // [m][units][kLanes] (split only)
+  int64_t blocks = 0;        // activation blocks per row: padded_k / x_block
+  bool split = false;        // x_block % unit elements != 0: scales applied lane by lane
+  bool interleaved = false;  // as PreparedF32
+  int64_t rows = 0;
+  int8_t* codes = nullptr;       // m * row_length codes
+  int64_t block_stride = 0;      // blocks rounded up to whole vectors (pads hold 0)
+  float* scales = nullptr;       // m * block_stride, at scale_offset
+  float* lane_scales = nullptr;  // kLanes per (row, unit) at lane_offset (split only)
   int64_t group_stride = 0;      // n_groups rounded up to whole vectors (pads hold 0)
   float* group_sums = nullptr;   // [m][group_stride]
   LaneGroups lanes{};            // split only: weight group of each int32 lane
+
+  // Offsets of (row, unit) in codes and in lane_scales.
+  int64_t offset(int64_t row, int64_t unit) const {
+    return interleaved ? (unit * rows + row) * U::kElements
+                       : row * row_length + unit * U::kElements;
+  }
+  int64_t lane_offset(int64_t row, int64_t unit) const {
+    return (interleaved ? unit * rows + row : row * units + unit) * T::kLanes;
+  }
+  // Offset of block b of a row in scales: [block][row] when interleaved, else [row][block].
+  int64_t scale_offset(int64_t row, int64_t block) const {
+    return interleaved ? block * rows + row : row * block_stride + block;
+  }
 
   static std::size_t carve(const nibble_gemm_operands& op, void* base, PreparedI8* out) {
     static unsigned char dummy[64];
     Carver carver(base != nullptr ? base : dummy);
     PreparedI8 p;
+    p.interleaved = op.m <= T::kStreamMaxM;
+    p.rows = op.m;
     p.row_length = round_up(op.padded_k, U::kElements);
     p.units = p.row_length / U::kElements;
     p.blocks = op.padded_k / op.x_block;
     p.split = op.x_block % U::kElements != 0;
     p.codes = carver.take<int8_t>(op.m * p.row_length);
-    p.scales = carver.take<float>(op.m * p.blocks);
+    p.block_stride = round_up(p.blocks, T::kLanes);
+    p.scales = carver.take<float>(op.m * p.block_stride);
     if (p.split) p.lane_scales = carver.take<float>(op.m * p.units * T::kLanes);
     p.group_stride = round_up(op.n_groups, T::kLanes);
     p.group_sums = carver.take<float>(op.m * p.group_stride);
@@ -242,15 +272,17 @@ void prepare_rows_i8(const nibble_gemm_operands* op, void* prepared, int64_t row
   const int64_t blocks_per_group = op->group_size / op->x_block;
   std::vector<int8_t> natural(static_cast<std::size_t>(p.row_length), 0);
   std::vector<int32_t> code_sums(static_cast<std::size_t>(p.blocks));
+  std::vector<float> block_scales(static_cast<std::size_t>(p.blocks));
   for (int64_t row = row_begin; row < row_end; ++row) {
-    float* scales = p.scales + row * p.blocks;
+    float* scales = block_scales.data();
     quantize_activation_row(op->x + row * op->padded_k, op->padded_k, op->x_block, natural.data(),
                             scales, code_sums.data());
+    for (int64_t b = 0; b < p.block_stride; ++b)
+      p.scales[p.scale_offset(row, b)] = b < p.blocks ? scales[b] : 0.0f;
     // Element order -> decode order (positions past padded_k get the zeros natural holds there).
-    int8_t* codes = p.codes + row * p.row_length;
     for (int64_t u = 0; u < p.units; ++u) {
       const int8_t* in = natural.data() + u * U::kElements;
-      int8_t* out = codes + u * U::kElements;
+      int8_t* out = p.codes + p.offset(row, u);
       for (int64_t position = 0; position < U::kElements; ++position)
         out[position] = in[U::element_of(position)];
     }
@@ -261,11 +293,11 @@ void prepare_rows_i8(const nibble_gemm_operands* op, void* prepared, int64_t row
       group_sums[b / blocks_per_group] +=
           scales[b] * static_cast<float>(code_sums[static_cast<std::size_t>(b)]);
     if (p.split) {
-      float* lane_scales = p.lane_scales + row * p.units * T::kLanes;
       for (int64_t u = 0; u < p.units; ++u) {
+        float* lane_scales = p.lane_scales + p.lane_offset(row, u);
         for (int lane = 0; lane < T::kLanes; ++lane) {
           const int64_t element = u * U::kElements + lane * 4 * U::kPlanes;
-          lane_scales[u * T::kLanes + lane] = scales[std::min(element / op->x_block, p.blocks - 1)];
+          lane_scales[lane] = scales[std::min(element / op->x_block, p.blocks - 1)];
         }
       }
     }

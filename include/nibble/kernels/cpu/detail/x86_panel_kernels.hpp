@@ -29,8 +29,7 @@ namespace nibble::detail::cpu {
 
 inline constexpr int64_t kRowBlock = 192;  // rows of X per pass over a tile's panels
 
-// ---- fp32 activations
-// ----------------------------------------------------------------------------
+// ---- fp32 activations ------------------------------------------------------------------------
 
 template <class T, int Bits, class ScaleT>
 struct PanelF32 {
@@ -155,8 +154,7 @@ struct PanelF32 {
   }
 };
 
-// ---- int8 activations
-// ----------------------------------------------------------------------------
+// ---- int8 activations ------------------------------------------------------------------------
 
 // Runs of quads (4 consecutive decode positions) that share one activation block, in position
 // order, never crossing a unit; and K blocks of whole runs. Shared by all rows of W.
@@ -287,7 +285,7 @@ struct PanelI8 {
       const F s0 = T::load(w_scale);
       const F s1 = T::load(w_scale + L);
       for (int i = 0; i < MB; ++i) {
-        const F x_scale = T::set1(x.scales[(m0 + i) * x.blocks + block]);
+        const F x_scale = T::set1(x.scales[(m0 + i) * x.block_stride + block]);
         acc[i][0] = T::fma(T::to_float(sum[i][0]), T::mul(s0, x_scale), acc[i][0]);
         acc[i][1] = T::fma(T::to_float(sum[i][1]), T::mul(s1, x_scale), acc[i][1]);
       }
