@@ -9,9 +9,11 @@
 //   weight err  ||W - dequant(Q)|| / ||W||
 //   max err     max |W - dequant(Q)| in units of the largest |W|
 //   GEMM err    ||X W^T - X dequant(Q)^T|| / ||X W^T|| with the reference GEMM
-// and the time to quantize and to run the (scalar, double-accumulating) reference GEMM.
-// It also shows the N-D invariant: the Q, K, V projections stacked as one [3, N, K] tensor
-// quantize to exactly the bytes of the three matrices quantized one by one.
+// and the time to quantize and to run nibble::gemm (the fast kernels of the best ISA this CPU
+// has) as a GEMV (M = 1) and a GEMM (M = 16), then speed lines for both with fp32 and int8
+// activations against the scalar reference. It also shows the N-D invariant: the Q, K, V
+// projections stacked as one [3, N, K] tensor quantize to exactly the bytes of the three matrices
+// quantized one by one.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -99,8 +101,15 @@ int run(const std::string& model_path, const std::string& tensor_name) {
               static_cast<long long>(k));
   std::printf("activations X [%lld, %lld]: %s\n", static_cast<long long>(m),
               static_cast<long long>(k), activation_source.c_str());
-  std::printf("threads    %d (OpenMP, quantizer only; the reference GEMM is serial)\n\n",
-              nibble::detail::thread_count(0));
+  const int threads = nibble::detail::thread_count(0);
+  std::printf("threads    %d (OpenMP)\n", threads);
+  {
+    const nibble::QuantConfig probe{4, 128, true};
+    const auto tiny = nibble::quantize<nibble::fp16>(
+        nibble::TensorView<const float>(weights.data(), {1, std::min<int64_t>(k, 128)}), probe);
+    std::printf("kernels    %s (best ISA compiled in and supported; NIBBLE_ISA overrides)\n\n",
+                nibble::gemm_isa(tiny.view()));
+  }
 
   using nibble::ConventionId;
   const std::vector<Row> rows = {
@@ -120,9 +129,18 @@ int run(const std::string& model_path, const std::string& tensor_name) {
       {"4-bit g32 asym", {4, 32, false, ConventionId::ort_weight_only}},
   };
 
-  std::printf("%-22s %-16s %7s %11s %9s %9s %12s %11s %12s\n", "config", "convention", "bits/w",
-              "weight err", "max err", "GEMM err", "quantize ms", "GEMV ms M=1", "GEMM ms M=16");
+  std::printf("%-22s %-16s %7s %11s %9s %9s %9s %12s %11s %12s\n", "config", "convention", "bits/w",
+              "weight err", "max err", "GEMM err", "int8 err", "quantize ms", "GEMV ms M=1",
+              "GEMM ms M=16");
   const nibble::TensorView<const float> w_view(weights.data(), {n, k});
+  nibble::GemmOptions int8_options;
+  int8_options.activations = nibble::ActivationPrecision::int8;
+  const auto relative_error = [&](const std::vector<float>& y) {
+    double squares = 0.0;
+    for (std::size_t i = 0; i < y.size(); ++i)
+      squares += std::pow(y[i] - y_exact[i], 2);
+    return std::sqrt(squares / y_norm);
+  };
   for (const Row& row : rows) {
     nibble::QuantTensor<nibble::fp16> q(nibble::Shape{1}, row.config);
     const double quantize_ms =
@@ -137,22 +155,59 @@ int run(const std::string& model_path, const std::string& tensor_name) {
     }
 
     std::vector<float> y(static_cast<std::size_t>(m * n));
-    const double gemv_ms = best_milliseconds(3, [&] {
-      nibble::gemm_ref(q.view(), nibble::TensorView<const float>(x.data(), {1, k}),
-                       nibble::TensorView<float>(y.data(), {1, n}));
+    const double gemv_ms = best_milliseconds(5, [&] {
+      nibble::gemm(q.view(), nibble::TensorView<const float>(x.data(), {1, k}),
+                   nibble::TensorView<float>(y.data(), {1, n}));
     });
-    const double gemm_ms = best_milliseconds(3, [&] {
-      nibble::gemm_ref(q.view(), nibble::TensorView<const float>(x.data(), {m, k}),
-                       nibble::TensorView<float>(y.data(), {m, n}));
+    const double gemm_ms = best_milliseconds(5, [&] {
+      nibble::gemm(q.view(), nibble::TensorView<const float>(x.data(), {m, k}),
+                   nibble::TensorView<float>(y.data(), {m, n}));
     });
-    double gemm_error_squares = 0.0;
-    for (std::size_t i = 0; i < y.size(); ++i)
-      gemm_error_squares += std::pow(y[i] - y_exact[i], 2);
+    const double gemm_error = relative_error(y);
+    nibble::gemm(q.view(), nibble::TensorView<const float>(x.data(), {m, k}),
+                 nibble::TensorView<float>(y.data(), {m, n}), int8_options);
+    const double int8_error = relative_error(y);
 
-    std::printf("%-22s %-16s %7.3f %11.5f %9.5f %9.5f %12.2f %11.2f %12.2f\n", row.label,
+    std::printf("%-22s %-16s %7.3f %11.5f %9.5f %9.5f %9.5f %12.2f %11.3f %12.3f\n", row.label,
                 nibble::to_string(row.config.convention), q.bits_per_weight(),
-                std::sqrt(error_squares / w_norm), max_error / w_max,
-                std::sqrt(gemm_error_squares / y_norm), quantize_ms, gemv_ms, gemm_ms);
+                std::sqrt(error_squares / w_norm), max_error / w_max, gemm_error, int8_error,
+                quantize_ms, gemv_ms, gemm_ms);
+  }
+
+  // Speed lines: 4-bit g128 on this weight, the fast kernels against the scalar reference.
+  {
+    const nibble::QuantConfig config{4, 128, true, ConventionId::olive};
+    const auto q = nibble::quantize<nibble::fp16>(w_view, config);
+    const double bytes = static_cast<double>(q.storage_bytes());
+    std::vector<float> y(static_cast<std::size_t>(m * n));
+    const auto time = [&](int64_t batch, const nibble::GemmOptions* options) {
+      return best_milliseconds(20, [&] {
+        const nibble::TensorView<const float> x_view(x.data(), {batch, k});
+        const nibble::TensorView<float> y_view(y.data(), {batch, n});
+        if (options != nullptr) {
+          nibble::gemm(q.view(), x_view, y_view, *options);
+        } else {
+          nibble::gemm_ref(q.view(), x_view, y_view);
+        }
+      });
+    };
+    const nibble::GemmOptions fp32_options;
+    std::printf(
+        "\nspeed, 4-bit g128 sym [%lld, %lld], %d threads, %s kernels "
+        "(the weight fits in cache here: bench/ measures cold weights):\n",
+        static_cast<long long>(n), static_cast<long long>(k), threads, nibble::gemm_isa(q.view()));
+    for (int64_t batch : {int64_t{1}, m}) {
+      const double reference_ms = time(batch, nullptr);
+      const double fp32_ms = time(batch, &fp32_options);
+      const double int8_ms = time(batch, &int8_options);
+      const double flops = 2.0 * static_cast<double>(batch * n * k);
+      std::printf(
+          "  %s M=%-2lld  fp32 %.4f ms (%.1f GB/s, %.1f GFLOP/s)  int8 %.4f ms "
+          "(%.1f GB/s, %.1f GFLOP/s)  reference %.3f ms: %.0fx / %.0fx faster\n",
+          batch == 1 ? "GEMV" : "GEMM", static_cast<long long>(batch), fp32_ms,
+          bytes / fp32_ms / 1e6, flops / fp32_ms / 1e6, int8_ms, bytes / int8_ms / 1e6,
+          flops / int8_ms / 1e6, reference_ms, reference_ms / fp32_ms, reference_ms / int8_ms);
+    }
   }
 
   // The N-D invariant on real weights: [3, N, K] == three [N, K].
@@ -186,9 +241,9 @@ int run(const std::string& model_path, const std::string& tensor_name) {
   }
 
   std::printf(
-      "\nweight err: relative RMS; max err: in units of max|W|; GEMM err: relative RMS of\n"
-      "X*dequant(Q)^T against the fp32 product. Times: best of 3, this machine; the GEMM\n"
-      "is the scalar reference (double accumulation), the definition fast kernels match.\n");
+      "\nweight err: relative RMS; max err: in units of max|W|; GEMM err / int8 err: relative\n"
+      "RMS of nibble::gemm's X*dequant(Q)^T (fp32 / int8 activations) against the fp32 product.\n"
+      "Times: best of 5 (speed lines: of 20), this machine.\n");
   return 0;
 }
 

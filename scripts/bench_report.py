@@ -30,13 +30,14 @@ SPREAD_LIMIT = 0.10  # bench-method.md: say when min and max spread more than 10
 NAME_PATTERN = re.compile(r"^BM_(?P<kind>\w+)<(?P<bits>\d+),\s*(?P<group>-?\d+),\s*(?P<sym>true|false)>"
                           r"(?P<args>(?:/\w+:-?\d+)*)")
 TO_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
-COUNTERS = ("GBps", "roofline", "GFLOPs", "vs_eigen", "eigen_ms")
+COUNTERS = ("GBps", "roofline", "GFLOPs", "vs_eigen", "eigen_ms", "read_ms", "vs_read",
+            "separate_ms", "vs_separate")
 
 
 @dataclass
 class Row:
     run_name: str
-    kind: str  # "Gemv" or "Gemm"
+    kind: str  # "Gemv", "Gemm" or "Moe"
     bits: int
     group: int  # -1: per channel
     symmetric: bool
@@ -57,7 +58,7 @@ class Row:
 
     @property
     def config(self) -> str:
-        return f"{self.weights} {self.activations} {self.threads}t"
+        return f"{self.kind} {self.weights} {self.activations} {self.isa} {self.threads}t"
 
 
 @dataclass
@@ -164,7 +165,7 @@ def summarize(run_name: str, parsed: dict, group: dict, context: FileContext) ->
     args = parsed["args"]
     activations = label_parts[1] if len(label_parts) > 1 else ("int8" if args.get("act") else "fp32")
     return Row(run_name=run_name, kind=parsed["kind"], bits=parsed["bits"], group=parsed["group"],
-               symmetric=parsed["symmetric"], m=args.get("M", 0), n=args.get("N", 0),
+               symmetric=parsed["symmetric"], m=args.get("M", args.get("T", 0)), n=args.get("N", 0),
                k=args.get("K", 0), activations=activations,
                isa=label_parts[0] if label_parts else "?", threads=context.threads, time_ms=time,
                counters=counters, spread=spread)
@@ -183,13 +184,18 @@ def markdown(contexts: list[FileContext], rows: list[Row]) -> str:
                      f"{number(context.bandwidth_gbps, 1)} | {context.isas} | {context.date} |")
     lines.append("")
     lines.append("Medians of the repetitions. GBps: (qweight + scales + zeros) bytes per second; "
-                 "roofline: GBps / read bandwidth (same process, same threads); GFLOPs: "
-                 "2*M*N*K per second; vs_eigen: Eigen fp32 time on the dequantized weights / "
-                 "ours (> 1: nibble is faster).")
+                 "roofline: GBps / read bandwidth (same process, same threads, measured at "
+                 "start-up); vs_read: a streaming read of the same cold bytes, timed in the same "
+                 "loop / ours (1.0: the kernel costs what reading its weights costs); GFLOPs: "
+                 "2*M*N*K per second (MoE: M = tokens * top_k); vs_eigen: Eigen fp32 time on the "
+                 "dequantized weights / ours (> 1: nibble is faster); MoE rows: M is the token "
+                 "count, vs_separate: one nibble::gemm per expert on pre-gathered tokens / "
+                 "moe_gemm.")
     lines.append("")
     several_threads = len({row.threads for row in rows}) > 1
     header = ["benchmark", "ISA", "activations"] + (["threads"] if several_threads else []) + \
-             ["M", "N", "K", "time ms", "GBps", "roofline", "GFLOPs", "vs_eigen", "note"]
+             ["M", "N", "K", "time ms", "GBps", "roofline", "vs_read", "GFLOPs", "vs_eigen"] + \
+             (["vs_separate"] if any(row.kind == "Moe" for row in rows) else []) + ["note"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     noisy = []
@@ -202,8 +208,10 @@ def markdown(contexts: list[FileContext], rows: list[Row]) -> str:
                 ([row.threads] if several_threads else []) + \
                 [str(row.m), str(row.n), str(row.k), number(row.time_ms, 3),
                  number(row.counters.get("GBps"), 2), number(row.counters.get("roofline"), 3),
-                 number(row.counters.get("GFLOPs"), 1), number(row.counters.get("vs_eigen"), 2),
-                 note]
+                 number(row.counters.get("vs_read"), 3), number(row.counters.get("GFLOPs"), 1),
+                 number(row.counters.get("vs_eigen"), 2)] + \
+                ([number(row.counters.get("vs_separate"), 2)]
+                 if any(r.kind == "Moe" for r in rows) else []) + [note]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if noisy:
@@ -280,8 +288,9 @@ def main() -> None:
         contexts.append(context)
         rows.extend(file_rows)
     if not rows:
-        fail("no BM_Gemv / BM_Gemm results in " + ", ".join(arguments.inputs))
-    rows.sort(key=lambda row: (row.threads, row.bits, row.group if row.group > 0 else 1 << 30,
+        fail("no BM_Gemv / BM_Gemm / BM_Moe results in " + ", ".join(arguments.inputs))
+    rows.sort(key=lambda row: (row.kind, row.threads, row.isa, row.bits,
+                               row.group if row.group > 0 else 1 << 30,
                                not row.symmetric,
                                row.activations, row.m))
 

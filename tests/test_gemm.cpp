@@ -6,7 +6,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "nibble/kernels/cpu/gemm.hpp"
@@ -280,6 +282,50 @@ TEST(Gemm, ThreadCountDoesNotChangeTheResult) {
                  TensorView<float>(y->data(), {7, 300}), options);
   }
   EXPECT_EQ(one, two);  // columns are independent: the split never changes a sum
+}
+
+// Re-entrancy: calls from several threads at once (each with its own OpenMP team) give exactly
+// what the same calls give one after another.
+TEST(Gemm, ConcurrentCallsGiveTheSerialResults) {
+  constexpr int kCallers = 4;
+  std::vector<QuantTensor<fp16>> weights;
+  std::vector<std::vector<float>> inputs;
+  std::vector<std::vector<float>> serial(kCallers);
+  std::vector<std::vector<float>> concurrent(kCallers);
+  const int64_t n = 96;
+  const int64_t k = 320;
+  for (int caller = 0; caller < kCallers; ++caller) {
+    const std::vector<float> w =
+        nibble::testing::gaussian(n * k, 50 + static_cast<uint32_t>(caller));
+    weights.push_back(nibble::quantize<fp16>(TensorView<const float>(w.data(), {n, k}),
+                                             QuantConfig{caller % 2 == 0 ? 4 : 8, 64, caller < 2}));
+    inputs.push_back(
+        nibble::testing::gaussian((caller + 1) * 5 * k, 60 + static_cast<uint32_t>(caller)));
+  }
+  const auto run = [&](int caller, std::vector<float>& out) {
+    const int64_t m = (caller + 1) * 5;  // 5 .. 20 rows: streaming and panel kernels
+    out.assign(static_cast<std::size_t>(m * n), 0.0f);
+    nibble::GemmOptions options;
+    options.num_threads = 2;
+    options.activations = caller == 3 ? ActivationPrecision::int8 : ActivationPrecision::fp32;
+    for (int repeat = 0; repeat < 20; ++repeat) {
+      nibble::gemm(weights[static_cast<std::size_t>(caller)].view(),
+                   TensorView<const float>(inputs[static_cast<std::size_t>(caller)].data(), {m, k}),
+                   TensorView<float>(out.data(), {m, n}), options);
+    }
+  };
+  for (int caller = 0; caller < kCallers; ++caller)
+    run(caller, serial[static_cast<std::size_t>(caller)]);
+  std::vector<std::thread> threads;
+  for (int caller = 0; caller < kCallers; ++caller)
+    threads.emplace_back(run, caller, std::ref(concurrent[static_cast<std::size_t>(caller)]));
+  for (std::thread& thread : threads)
+    thread.join();
+  for (int caller = 0; caller < kCallers; ++caller) {
+    EXPECT_EQ(serial[static_cast<std::size_t>(caller)],
+              concurrent[static_cast<std::size_t>(caller)])
+        << "caller " << caller;
+  }
 }
 
 TEST(Gemm, BadInputIsAnError) {

@@ -105,6 +105,10 @@ const nibble_cpu_kernel_table& kernels_for(const QuantTensorView<ScaleT>& w, Isa
   return *table;
 }
 
+inline int64_t round_up_to(int64_t value, int64_t multiple) {
+  return ceil_div(value, multiple) * multiple;
+}
+
 inline void check_threads(const char* function, int num_threads) {
   if (num_threads < 0) {
     fail(ErrorCode::invalid_argument, function, ": num_threads = ", num_threads,
@@ -157,7 +161,9 @@ void run_gemm_batch(const nibble_cpu_kernel_table& table, int bits, int scale, b
   }
 
   // Work items: rows of X to prepare, and column chunks to compute. Chunks are whole 64-column
-  // tiles (the panel kernels' tiles divide 64), a few per thread for balance.
+  // tiles (the panel kernels' tiles divide 64), sized so that every chunk of every problem holds
+  // about the same work (columns x rows of X), 8 per thread for balance: a MoE batch's experts
+  // differ in token count.
   struct Item {
     std::size_t problem;
     int64_t begin;
@@ -165,14 +171,15 @@ void run_gemm_batch(const nibble_cpu_kernel_table& table, int bits, int scale, b
   };
   int64_t total_columns = 0;
   int64_t total_rows = 0;
+  double total_work = 0.0;
   for (const auto& op : ops) {
     total_columns += op.n;
     total_rows += op.m;
+    total_work += static_cast<double>(op.n) * static_cast<double>(op.m);
   }
   const int threads = std::max(
       1, std::min<int>(thread_count(num_threads), static_cast<int>(ceil_div(total_columns, 64))));
-  const int64_t chunk =
-      std::max<int64_t>(64, ceil_div(ceil_div(total_columns, threads * 4), 64) * 64);
+  const double work_per_chunk = total_work / (8.0 * threads);
   const int64_t row_chunk = std::max<int64_t>(1, ceil_div(total_rows, threads * 4));
   std::vector<Item> row_items;
   std::vector<Item> column_items;
@@ -180,6 +187,8 @@ void run_gemm_batch(const nibble_cpu_kernel_table& table, int bits, int scale, b
   for (std::size_t p = 0; p < ops.size(); ++p) {
     for (int64_t row = 0; row < ops[p].m; row += row_chunk)
       row_items.push_back({p, row, std::min(ops[p].m, row + row_chunk)});
+    const auto columns = static_cast<int64_t>(work_per_chunk / static_cast<double>(ops[p].m));
+    const int64_t chunk = std::min(round_up_to(std::max<int64_t>(columns, 64), 64), ops[p].n);
     for (int64_t col = 0; col < ops[p].n; col += chunk)
       column_items.push_back({p, col, std::min(ops[p].n, col + chunk)});
     scratch_bytes = std::max(scratch_bytes, table.scratch_bytes[b][a](&ops[p]));

@@ -19,48 +19,59 @@
 namespace nibble::detail::cpu {
 
 // Per-row group parameters as float, in group order: scale[g] and zero[g], with the arrays padded
-// (zeros) to `stride` = round_up(n_groups, lanes) + lanes so that vector loads from any group on,
-// and lane permutes starting at a unit's first group, stay inside.
+// (zeros) to `stride` = round_up(n_groups, lanes) + 2 lanes so that vector loads from any group
+// on, and lane permutes starting at a unit's first group, stay inside.
 template <class T>
 int64_t parameter_stride(int64_t n_groups) {
-  return round_up(n_groups, T::kLanes) + T::kLanes;
+  return round_up(n_groups, T::kLanes) + 2 * T::kLanes;
 }
 
+// Pads [n_groups, n_groups + 2 lanes) of a parameter array with zeros (inside the stride).
+template <class T>
+void pad_parameters(float* values, int64_t n_groups) {
+  T::store(values + n_groups, T::zero());
+  T::store(values + n_groups + T::kLanes, T::zero());
+}
+
+// The implied zero point of symmetric tensors in every group: constant over a call, so the
+// kernels fill it once per thread and chunk, not per row.
+template <class T, int Bits>
+void fill_symmetric_zeros(int64_t n_groups, float* zero) {
+  const auto mid = T::set1(static_cast<float>(1 << (Bits - 1)));
+  for (int64_t g = 0; g < n_groups; g += T::kLanes)
+    T::store(zero + g, mid);
+  pad_parameters<T>(zero, n_groups);
+}
+
+// A row's scales, and its zero points when asymmetric (symmetric: fill_symmetric_zeros once).
 template <class T, int Bits, class ScaleT>
 void load_row_parameters(const nibble_gemm_operands& op, int64_t row, float* scale, float* zero) {
-  const int64_t stride = parameter_stride<T>(op.n_groups);
   T::convert_scales(static_cast<const ScaleT*>(op.scales) + row * op.n_groups, op.n_groups, scale);
-  for (int64_t g = op.n_groups; g < stride; ++g)
-    scale[g] = 0.0f;
-  if (op.zeros == nullptr) {
-    const float mid = static_cast<float>(1 << (Bits - 1));
-    for (int64_t g = 0; g < op.n_groups; ++g)
-      zero[g] = mid;
-  } else {
-    const uint8_t* packed = op.zeros + row * op.zero_row_bytes;
-    int64_t g = 0;
-    if constexpr (Bits == 8) {
-      for (; g + T::kLanes <= op.n_groups; g += T::kLanes)
-        T::store(zero + g, T::to_float(T::load_bytes_as_i32(packed + g)));
-    } else if constexpr (Bits == 4) {
-      // kLanes bytes hold groups 2j (low nibble) and 2j + 1 (high nibble) of byte j: convert both
-      // planes, then transpose pairs back into group order through a small buffer.
-      alignas(64) float planes[2][T::kLanes];
-      for (; g + 2 * T::kLanes <= op.n_groups; g += 2 * T::kLanes) {
-        const auto bytes = T::load_bytes_as_i32(packed + g / 2);
-        T::store(planes[0], T::to_float(T::and_i(bytes, T::set1_i32(0xF))));
-        T::store(planes[1], T::to_float(T::template srli_i32<4>(bytes)));
-        for (int j = 0; j < T::kLanes; ++j) {
-          zero[g + 2 * j] = planes[0][j];
-          zero[g + 2 * j + 1] = planes[1][j];
-        }
-      }
+  pad_parameters<T>(scale, op.n_groups);
+  if (op.zeros == nullptr) return;
+  const uint8_t* packed = op.zeros + row * op.zero_row_bytes;
+  int64_t g = 0;
+  if constexpr (Bits == 8) {
+    for (; g + T::kLanes <= op.n_groups; g += T::kLanes)
+      T::store(zero + g, T::to_float(T::load_bytes_as_i32(packed + g)));
+  } else if constexpr (Bits == 4) {
+    // kLanes bytes hold groups 2j (low nibble) and 2j + 1 (high nibble) of byte j: convert both
+    // planes, then interleave them back into group order.
+    for (; g + 2 * T::kLanes <= op.n_groups; g += 2 * T::kLanes) {
+      const auto bytes = T::load_bytes_as_i32(packed + g / 2);
+      T::interleave(T::to_float(T::and_i(bytes, T::set1_i32(0xF))),
+                    T::to_float(T::template srli_i32<4>(bytes)), zero + g);
     }
-    for (; g < op.n_groups; ++g)
-      zero[g] = static_cast<float>(BitPacking<Bits>::code_at(packed, g));
   }
-  for (int64_t g = op.n_groups; g < stride; ++g)
-    zero[g] = 0.0f;
+  for (; g < op.n_groups; ++g)
+    zero[g] = static_cast<float>(BitPacking<Bits>::code_at(packed, g));
+  pad_parameters<T>(zero, op.n_groups);
+}
+
+// Once per call of a kernel on a thread: what load_row_parameters leaves to it.
+template <class T, int Bits>
+void start_parameters(const nibble_gemm_operands& op, float* zero) {
+  if (op.zeros == nullptr) fill_symmetric_zeros<T, Bits>(op.n_groups, zero);
 }
 
 // ---- fp32 decoding ---------------------------------------------------------------------------
@@ -217,6 +228,7 @@ struct DequantizeRows {
                         first.data(), relative.data());
     }
     const LaneGroups lanes{first.data(), relative.data()};
+    start_parameters<T, Bits>(params_op, zero);
     alignas(64) float decoded[kPlanes][T::kLanes];
     for (int64_t r = row_begin; r < row_end; ++r) {
       const int64_t source = op->rows != nullptr ? op->rows[r] : r;

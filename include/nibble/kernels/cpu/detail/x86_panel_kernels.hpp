@@ -125,6 +125,8 @@ struct PanelF32 {
     float* params = static_cast<float*>(scratch);
     float* panel = params + NR * 2 * stride;
     float* tile_y = panel + KC * NR;
+    for (int64_t r = 0; r < NR; ++r)
+      start_parameters<T, Bits>(*op, params + r * 2 * stride + stride);
     for (int64_t n0 = n_begin; n0 < n_end; n0 += NR) {
       const int64_t rows = std::min<int64_t>(NR, n_end - n0);
       for (int64_t r = 0; r < rows; ++r) {
@@ -316,6 +318,7 @@ struct PanelI8 {
     const int64_t panel_quads = round_up(KQ, kQuadsPerUnit) + kQuadsPerUnit;
     float* tile_y = reinterpret_cast<float*>(panel + panel_quads * NR);
     const std::size_t k_blocks = runs.k_block_runs.size() - 1;
+    start_parameters<T, Bits>(*op, row_zero);
     for (int64_t n0 = n_begin; n0 < n_end; n0 += NR) {
       const int64_t rows = std::min<int64_t>(NR, n_end - n0);
       for (int64_t r = 0; r < NR; ++r) {

@@ -152,6 +152,14 @@ struct Avx2Traits {
     convert_scales_avx2(scales, count, out);
   }
 
+  // out[2j] = a[j], out[2j + 1] = b[j] (2 * kLanes floats).
+  static void interleave(F a, F b, float* out) {
+    const __m256 low = _mm256_unpacklo_ps(a, b);   // a0 b0 a1 b1 | a4 b4 a5 b5
+    const __m256 high = _mm256_unpackhi_ps(a, b);  // a2 b2 a3 b3 | a6 b6 a7 b7
+    _mm256_storeu_ps(out, _mm256_permute2f128_ps(low, high, 0x20));
+    _mm256_storeu_ps(out + 8, _mm256_permute2f128_ps(low, high, 0x31));
+  }
+
   // In-place transpose of the kLanes x kLanes block of 32-bit values whose rows are v[0..kLanes).
   static void transpose(F (&v)[8]) {
     const __m256 t0 = _mm256_unpacklo_ps(v[0], v[1]);
@@ -290,6 +298,15 @@ struct Avx512Traits {
       }
     }
     convert_scales_avx2(scales + i, count - i, out + i);
+  }
+
+  // out[2j] = a[j], out[2j + 1] = b[j] (2 * kLanes floats).
+  static void interleave(F a, F b, float* out) {
+    const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i second =
+        _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    _mm512_storeu_ps(out, _mm512_permutex2var_ps(a, first, b));
+    _mm512_storeu_ps(out + 16, _mm512_permutex2var_ps(a, second, b));
   }
 
   // In-place transpose of the 16 x 16 block of 32-bit values whose rows are v[0..16): 4 stages,

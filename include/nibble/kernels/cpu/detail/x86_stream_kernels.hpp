@@ -229,6 +229,7 @@ struct StreamF32 {
 
   static void run(const nibble_gemm_operands* op, int64_t n_begin, int64_t n_end, void* scratch) {
     const PreparedF32<T, Bits> x = PreparedF32<T, Bits>::view(*op);
+    start_parameters<T, Bits>(*op, zeros(*op, scratch));
     with_rows<T::kStreamMaxM>(op->m, [&](auto mb) {
       StreamDriver<StreamF32, decltype(mb)::value>::rows(*op, x, n_begin, n_end, scratch);
     });
@@ -261,7 +262,7 @@ struct StreamI8 {
   static std::size_t scratch_bytes(const nibble_gemm_operands* op) {
     const int64_t blocks = op->padded_k / op->x_block;
     return static_cast<std::size_t>(2 * parameter_stride<T>(op->n_groups) +
-                                    blocks * T::kStreamMaxM) *
+                                    round_up(blocks, T::kLanes) * T::kStreamMaxM) *
            sizeof(float);
   }
   static float* scales(void* scratch) { return static_cast<float*>(scratch); }
@@ -281,6 +282,13 @@ struct StreamI8 {
     // products[b][i] = s_w(b) * s_x(i, b); activation scales come [block][row].
     float* product = products(op, scratch);
     const int64_t blocks_per_group = op.group_size / op.x_block;
+    if (MB == 1 && blocks_per_group == 1) {
+      // One row of X, groups of at most 256: a vector multiply of the two scale rows (both are
+      // padded to whole vectors).
+      for (int64_t b = 0; b < x.blocks; b += T::kLanes)
+        T::store(product + b, T::mul(T::load(scale + b), T::load(x.scales + b)));
+      return;
+    }
     for (int64_t b = 0, g = 0, next_group = blocks_per_group; b < x.blocks; ++b) {
       if (b == next_group) {
         ++g;
@@ -394,6 +402,7 @@ struct StreamI8 {
 
   static void run(const nibble_gemm_operands* op, int64_t n_begin, int64_t n_end, void* scratch) {
     const PreparedI8<T, Bits> x = PreparedI8<T, Bits>::view(*op);
+    start_parameters<T, Bits>(*op, zeros(*op, scratch));
     with_rows<T::kStreamMaxM>(op->m, [&](auto mb) {
       StreamDriver<StreamI8, decltype(mb)::value>::rows(*op, x, n_begin, n_end, scratch);
     });
