@@ -58,7 +58,9 @@ class Row:
 
     @property
     def config(self) -> str:
-        return f"{self.kind} {self.weights} {self.activations} {self.isa} {self.threads}t"
+        # GEMV and GEMM rows are one kernel API over M: one line through both.
+        kind = "MoE " if self.kind == "Moe" else ""
+        return f"{kind}{self.weights} {self.activations} {self.isa} {self.threads}t"
 
 
 @dataclass
@@ -240,7 +242,7 @@ def import_pyplot():
 
 
 def plot(pyplot, contexts: list[FileContext], rows: list[Row], output: str) -> None:
-    figure, axes = pyplot.subplots(figsize=(10, 6))
+    figure, axes = pyplot.subplots(figsize=(12, 7))
     lines: dict[str, list[Row]] = {}
     for row in rows:
         lines.setdefault(row.config, []).append(row)
@@ -261,6 +263,7 @@ def plot(pyplot, contexts: list[FileContext], rows: list[Row], output: str) -> N
                       xycoords=("axes fraction", "data"), textcoords="offset points",
                       xytext=(0, 3), fontsize=8)
     axes.set_xscale("log", base=2)
+    axes.set_yscale("log")
     measured_ms = sorted({row.m for row in rows})
     axes.set_xticks(measured_ms)
     axes.set_xticklabels([str(m) for m in measured_ms])
@@ -269,7 +272,7 @@ def plot(pyplot, contexts: list[FileContext], rows: list[Row], output: str) -> N
     cpu = ", ".join(sorted({context.cpu_model for context in contexts}))
     axes.set_title(f"Dequant-GEMM, N x K = {rows[0].n} x {rows[0].k} ({cpu})" if rows else cpu)
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=7, ncol=2)
+    axes.legend(fontsize=7, ncol=1, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
     figure.savefig(output, dpi=120)
 

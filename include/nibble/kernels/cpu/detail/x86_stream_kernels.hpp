@@ -19,6 +19,7 @@
 #if defined(NIBBLE_X86_AVX2_COMPILED)
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <utility>
@@ -261,8 +262,10 @@ struct StreamI8 {
   // block and X row the product s_w * s_x, [block][row] (block mode).
   static std::size_t scratch_bytes(const nibble_gemm_operands* op) {
     const int64_t blocks = op->padded_k / op->x_block;
-    return static_cast<std::size_t>(2 * parameter_stride<T>(op->n_groups) +
-                                    round_up(blocks, T::kLanes) * T::kStreamMaxM) *
+    const int64_t table =
+        std::max(round_up(blocks, T::kLanes) * T::kStreamMaxM, round_up(op->n_groups, T::kLanes));
+    return static_cast<std::size_t>(2 * parameter_stride<T>(op->n_groups) + table +
+                                    round_up(blocks, T::kLanes) + 2 * T::kLanes) *
            sizeof(float);
   }
   static float* scales(void* scratch) { return static_cast<float*>(scratch); }
@@ -279,24 +282,48 @@ struct StreamI8 {
     float* scale = scales(scratch);
     load_row_parameters<T, Bits, ScaleT>(op, row, scale, zeros(op, scratch));
     if (x.split) return;
-    // products[b][i] = s_w(b) * s_x(i, b); activation scales come [block][row].
+    // products[b][i] = s_w(b) * s_x(i, b); activation scales come [block][row], padded.
     float* product = products(op, scratch);
+    const float* w_scale = scale;  // per activation block
     const int64_t blocks_per_group = op.group_size / op.x_block;
-    if (MB == 1 && blocks_per_group == 1) {
-      // One row of X, groups of at most 256: a vector multiply of the two scale rows (both are
-      // padded to whole vectors).
-      for (int64_t b = 0; b < x.blocks; b += T::kLanes)
-        T::store(product + b, T::mul(T::load(scale + b), T::load(x.scales + b)));
-      return;
-    }
-    for (int64_t b = 0, g = 0, next_group = blocks_per_group; b < x.blocks; ++b) {
-      if (b == next_group) {
-        ++g;
-        next_group += blocks_per_group;
+    if (blocks_per_group > 1) {
+      float* block_scale = product + round_up(x.blocks, T::kLanes) * T::kStreamMaxM;
+      for (int64_t b = 0, g = 0, next_group = blocks_per_group; b < x.blocks; ++b) {
+        if (b == next_group) {
+          ++g;
+          next_group += blocks_per_group;
+        }
+        block_scale[b] = scale[g];
       }
-      for (int i = 0; i < MB; ++i)
-        product[b * MB + i] = scale[g] * x.scales[b * MB + i];
+      pad_parameters<T>(block_scale, x.blocks);
+      w_scale = block_scale;
     }
+    if constexpr (MB == 1) {
+      for (int64_t b = 0; b < x.blocks; b += T::kLanes)
+        T::store(product + b, T::mul(T::load(w_scale + b), T::load(x.scales + b)));
+    } else {
+      // Entry j of the [block][row] table is block j / MB: a vector of entries starting at
+      // row r of block `first` takes its weight scales from w_scale[first + (r + lane) / MB].
+      static constexpr auto kLaneBlocks = lane_blocks<MB>();
+      for (int64_t j = 0, first = 0, r = 0; j < x.blocks * MB; j += T::kLanes) {
+        const F s = T::permute(T::load_i(kLaneBlocks[static_cast<std::size_t>(r)].data()),
+                               T::load(w_scale + first));
+        T::store(product + j, T::mul(s, T::load(x.scales + j)));
+        first += (r + T::kLanes) / MB;
+        r = (r + T::kLanes) % MB;
+      }
+    }
+  }
+
+  // kLaneBlocks[r][lane] = (r + lane) / MB.
+  template <int MB>
+  static constexpr std::array<std::array<int32_t, T::kLanes>, MB> lane_blocks() {
+    std::array<std::array<int32_t, T::kLanes>, MB> table{};
+    for (int r = 0; r < MB; ++r) {
+      for (int lane = 0; lane < T::kLanes; ++lane)
+        table[static_cast<std::size_t>(r)][static_cast<std::size_t>(lane)] = (r + lane) / MB;
+    }
+    return table;
   }
 
   // sum[i] += the P plane dot products of one unit with X row i (rows interleaved at xu).
@@ -386,17 +413,21 @@ struct StreamI8 {
   static void finish(const nibble_gemm_operands& op, const PreparedI8<T, Bits>& x, int64_t row,
                      void* scratch, const Totals<MB>& totals) {
     const float* scale = scales(scratch);
-    const float* zero = zeros(op, scratch);
+    float* zero = zeros(op, scratch);
+    // s * z per group, once for all rows of X (into the product table, no longer needed).
+    float* scaled_zero = products(op, scratch);
+    for (int64_t g = 0; g < x.group_stride; g += T::kLanes)
+      T::store(scaled_zero + g, T::mul(T::load(scale + g), T::load(zero + g)));
     const float bias = op.bias != nullptr ? op.bias[row] : 0.0f;
     for (int i = 0; i < MB; ++i) {
       const float* group_sums = x.group_sums + i * x.group_stride;
       F correction = T::zero();
-      for (int64_t g = 0; g < x.group_stride; g += T::kLanes) {
-        correction = T::fma(T::mul(T::load(scale + g), T::load(zero + g)), T::load(group_sums + g),
-                            correction);
-      }
-      op.y[i * op.n + row] =
-          horizontal_sum<T, kTotalChains<MB>>(totals.v[i]) - T::reduce(correction) + bias;
+      for (int64_t g = 0; g < x.group_stride; g += T::kLanes)
+        correction = T::fma(T::load(scaled_zero + g), T::load(group_sums + g), correction);
+      F sum = totals.v[i][0];
+      for (int c = 1; c < kTotalChains<MB>; ++c)
+        sum = T::add(sum, totals.v[i][c]);
+      op.y[i * op.n + row] = T::reduce(T::sub(sum, correction)) + bias;
     }
   }
 
