@@ -64,7 +64,6 @@ struct Avx2Traits {
   static constexpr bool kVnni = false;
   // vpermps with a 16-entry table (one register) is AVX-512 only.
   static constexpr bool kTable16 = false;
-  static constexpr const char* kName = "avx2";
   // M up to which the streaming kernels run (above: panels), and the panels' rows of X per
   // register block (fp32: 6 x 2 ymm accumulators; int8: 3 x 2 int32 sums + 3 x 2 float sums).
   static constexpr int kStreamMaxM = 4;
@@ -86,22 +85,18 @@ struct Avx2Traits {
     sum = _mm_add_ss(sum, _mm_movehdup_ps(sum));
     return _mm_cvtss_f32(sum);
   }
-  // v[lane] = table[index[lane]] for an 8-float table (vpermps reads index bits 0-2).
-  static F lookup8(I index, F table) { return _mm256_permutevar8x32_ps(table, index); }
 
   static I zero_i() { return _mm256_setzero_si256(); }
   static I set1_i32(int32_t value) { return _mm256_set1_epi32(value); }
   static I set1_i8(int8_t value) { return _mm256_set1_epi8(value); }
   static I load_i(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
   static void store_i(void* p, I v) { _mm256_storeu_si256(static_cast<__m256i*>(p), v); }
-  static I load_i32x(const int32_t* p) { return load_i(p); }
   static I broadcast_i32(const void* p) {
     int32_t value;
     std::memcpy(&value, p, sizeof value);
     return _mm256_set1_epi32(value);
   }
   static I and_i(I a, I b) { return _mm256_and_si256(a, b); }
-  static I sub_i32(I a, I b) { return _mm256_sub_epi32(a, b); }
   template <int Shift>
   static I srli_i32(I v) {
     return Shift == 0 ? v : _mm256_srli_epi32(v, Shift);
@@ -207,7 +202,6 @@ struct Avx512Traits {
   static constexpr int kBytes = 64;
   static constexpr bool kVnni = Vnni;
   static constexpr bool kTable16 = true;
-  static constexpr const char* kName = Vnni ? "avx512vnni" : "avx512";
   // As Avx2Traits, with 32 registers: 12 x 2 zmm fp32 accumulators; 6 x 2 (int32 + float).
   static constexpr int kStreamMaxM = 8;
   static constexpr int kPanelRowsF32 = 12;
@@ -237,7 +231,6 @@ struct Avx512Traits {
     return _mm512_set1_epi32(value);
   }
   static I and_i(I a, I b) { return _mm512_and_si512(a, b); }
-  static I sub_i32(I a, I b) { return _mm512_sub_epi32(a, b); }
   template <int Shift>
   static I srli_i32(I v) {
     return Shift == 0 ? v : _mm512_srli_epi32(v, Shift);
