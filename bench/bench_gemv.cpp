@@ -22,10 +22,15 @@ void gemv_args(benchmark::internal::Benchmark* benchmark) {
   nibble::bench::dequant_gemm_args(benchmark, {1, 2, 4, 8});
 }
 
+// The same with bf16 X and Y too (act = 2): the avx512bf16 kernels' case (4-bit).
+void gemv_args_bf16(benchmark::internal::Benchmark* benchmark) {
+  nibble::bench::dequant_gemm_args(benchmark, {1, 2, 4, 8}, {0, 1, 2});
+}
+
 // <bits, group size (-1: per channel), symmetric>
 BENCHMARK_TEMPLATE(BM_Gemv, 4, 32, true)->Apply(gemv_args);
 BENCHMARK_TEMPLATE(BM_Gemv, 4, 32, false)->Apply(gemv_args);
-BENCHMARK_TEMPLATE(BM_Gemv, 4, 128, true)->Apply(gemv_args);
+BENCHMARK_TEMPLATE(BM_Gemv, 4, 128, true)->Apply(gemv_args_bf16);
 BENCHMARK_TEMPLATE(BM_Gemv, 4, 128, false)->Apply(gemv_args);
 BENCHMARK_TEMPLATE(BM_Gemv, 8, 128, true)->Apply(gemv_args);
 BENCHMARK_TEMPLATE(BM_Gemv, 8, -1, true)->Apply(gemv_args);

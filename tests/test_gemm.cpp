@@ -153,6 +153,28 @@ TEST_P(GemmOnIsa, Fp16AndBf16ActivationsAndScales) {
   }
 }
 
+// bf16 activations: on avx512bf16 the 4-bit streaming kernel multiplies them as they are
+// (vdpbf16ps; groups that are whole 32-element units), everything else converts to fp32. Both
+// must meet the fp32 path's bound.
+TEST_P(GemmOnIsa, Bf16ActivationsForEveryBatchAndGroup) {
+  NIBBLE_REQUIRE_ISA(GetParam());
+  for (bool symmetric : {false, true}) {
+    for (int64_t group : {int64_t{32}, int64_t{64}, int64_t{128}, nibble::kPerChannel}) {
+      for (int64_t m : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{5}, int64_t{8}}) {
+        check_fp32_path<bf16, fp16>(GetParam(), m, 37, 256 + 64, QuantConfig{4, group, symmetric},
+                                    /*with_bias=*/m % 2 == 1);
+        check_fp32_path<bf16, bf16>(GetParam(), m, 35, 2 * 128 + 37,
+                                    QuantConfig{4, group, symmetric});
+      }
+    }
+    // Shapes the bf16 kernel leaves to the fp32 path: groups of 16, other widths, larger M.
+    check_fp32_path<bf16, float>(GetParam(), 3, 33, 160, QuantConfig{4, 16, symmetric});
+    check_fp32_path<bf16, float>(GetParam(), 2, 33, 160, QuantConfig{8, 32, symmetric});
+    check_fp32_path<bf16, float>(GetParam(), 2, 33, 160, QuantConfig{2, 32, symmetric});
+    check_fp32_path<bf16, float>(GetParam(), 13, 33, 160, QuantConfig{4, 32, symmetric});
+  }
+}
+
 // The int8 path: against the same int8 activations evaluated exactly, and against fp32 within the
 // activation-quantization bound.
 template <class ScaleT = float>
@@ -364,7 +386,7 @@ TEST(Gemm, BadInputIsAnError) {
                            TensorView<float>(buffer.data(), {2, 8}), negative);
             }),
             nibble::ErrorCode::invalid_argument);
-  for (Isa isa : {Isa::avx2, Isa::avx512, Isa::avx512vnni}) {
+  for (Isa isa : {Isa::avx2, Isa::avx512, Isa::avx512vnni, Isa::avx512bf16}) {
     if (nibble::detail::compiled_kernels(isa) != nullptr && nibble::cpu_supports(isa)) continue;
     nibble::GemmOptions unavailable;
     unavailable.isa = isa;

@@ -330,7 +330,11 @@ void run_dequant_gemm(benchmark::State& state) {
   const int64_t n = state.range(kArgN);
   const int64_t k = state.range(kArgK);
   const int64_t m = state.range(kArgM);
-  const bool int8 = state.range(kArgActivations) != 0;
+  // act: 0 = fp32 activations, 1 = int8 activations (from fp32 X), 2 = bf16 X and Y (fp32
+  // activations: the bf16 kernels where the ISA has them)
+  const int64_t act = state.range(kArgActivations);
+  const bool int8 = act == 1;
+  const bool bf16_io = act == 2;
   const QuantConfig config{Bits, GroupSize, Symmetric, ConventionId::olive};
 
   const ColdQuantWeights& weights = cold_quant_weights(config, {n, k});
@@ -340,12 +344,22 @@ void run_dequant_gemm(benchmark::State& state) {
   std::vector<float> y(static_cast<std::size_t>(m * n));
   const TensorView<const float> x_view(x.data(), {m, k});
   const TensorView<float> y_view(y.data(), {m, n});
+  std::vector<bf16> x16;
+  for (float value : x)
+    x16.push_back(from_float<bf16>(value));
+  std::vector<bf16> y16(y.size());
+  const TensorView<const bf16> x16_view(x16.data(), {m, k});
+  const TensorView<bf16> y16_view(y16.data(), {m, n});
   GemmOptions options;
   options.num_threads = run.threads;
   options.activations = int8 ? ActivationPrecision::int8 : ActivationPrecision::fp32;
 
   const TimedCalls timed = timed_calls(state, weights, run.threads, [&](std::size_t copy) {
-    gemm(weights.views[copy], x_view, y_view, options);
+    if (bf16_io) {
+      gemm(weights.views[copy], x16_view, y16_view, options);
+    } else {
+      gemm(weights.views[copy], x_view, y_view, options);
+    }
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   });
@@ -363,8 +377,9 @@ void run_dequant_gemm(benchmark::State& state) {
   state.counters["vs_eigen"] = eigen / per_call;
   state.counters["read_ms"] = read * 1e3;
   state.counters["vs_read"] = read / per_call;
-  state.SetLabel(std::string(gemm_isa(weights.views.front(), options)) +
-                 (int8 ? " int8" : " fp32"));
+  state.SetLabel(std::string(gemm_isa(weights.views.front(), options)) + (int8      ? " int8"
+                                                                          : bf16_io ? " bf16"
+                                                                                    : " fp32"));
 }
 
 // ---- registration and main ----------------------------------------------------------------------
@@ -380,9 +395,10 @@ inline double max_of(const std::vector<double>& values) {
 // min and max are reported beside Google Benchmark's mean / median / stddev / cv, so the report
 // can say when repetitions spread more than 10%.
 inline void dequant_gemm_args(benchmark::internal::Benchmark* benchmark,
-                              const std::vector<int64_t>& ms) {
+                              const std::vector<int64_t>& ms,
+                              const std::vector<int64_t>& activations = {0, 1}) {
   benchmark->ArgNames({"N", "K", "M", "act"})
-      ->ArgsProduct({{4096}, {4096}, ms, {0, 1}})  // act: 0 = fp32, 1 = int8 activations
+      ->ArgsProduct({{4096}, {4096}, ms, activations})  // act: 0 fp32, 1 int8, 2 bf16 X and Y
       ->UseManualTime()
       ->Unit(benchmark::kMillisecond)
       ->ComputeStatistics("min", min_of)
@@ -404,14 +420,14 @@ inline std::string cpu_model() {
 }
 
 // The ISAs gemm() can run here (compiled in and supported by this CPU), e.g.
-// "generic(avx512bw) avx2 avx512 avx512vnni"; generic names the architecture xsimd compiled the
-// portable kernels for.
+// "generic(avx512bw) avx2 avx512 avx512vnni avx512bf16"; generic names the architecture xsimd
+// compiled the portable kernels for.
 inline std::string available_isas() {
   const std::vector<float> weights(32, 0.5f);
   const QuantTensor<BenchScale> tiny = quantize<BenchScale>(
       TensorView<const float>(weights.data(), {1, 32}), QuantConfig{4, 32, true});
   std::string list;
-  for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512vnni}) {
+  for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512vnni, Isa::avx512bf16}) {
     GemmOptions options;
     options.isa = isa;
     try {

@@ -383,6 +383,7 @@ nb::dict build_info() {
   if (__builtin_cpu_supports("avx512f")) features.emplace_back("avx512f");
   if (__builtin_cpu_supports("avx512bw")) features.emplace_back("avx512bw");
   if (__builtin_cpu_supports("avx512vnni")) features.emplace_back("avx512vnni");
+  if (__builtin_cpu_supports("avx512bf16")) features.emplace_back("avx512bf16");
 #endif
   info["cpu_features"] = features;
   std::vector<std::string> conventions;

@@ -27,7 +27,7 @@
 
 namespace nibble::testing {
 
-inline const Isa kIsas[] = {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512vnni};
+inline const Isa kIsas[] = {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512vnni, Isa::avx512bf16};
 
 inline std::string isa_test_name(const ::testing::TestParamInfo<Isa>& param) {
   return to_string(param.param);

@@ -27,6 +27,7 @@
 const nibble_cpu_kernel_table* nibble_cpu_kernels_avx2();
 const nibble_cpu_kernel_table* nibble_cpu_kernels_avx512();
 const nibble_cpu_kernel_table* nibble_cpu_kernels_avx512vnni();
+const nibble_cpu_kernel_table* nibble_cpu_kernels_avx512bf16();
 #endif
 
 namespace nibble::detail {
@@ -61,6 +62,8 @@ inline const nibble_cpu_kernel_table* compiled_kernels(Isa isa) {
       return nibble_cpu_kernels_avx512();
     case Isa::avx512vnni:
       return nibble_cpu_kernels_avx512vnni();
+    case Isa::avx512bf16:
+      return nibble_cpu_kernels_avx512bf16();
 #endif
     default:
       return nullptr;
@@ -72,14 +75,15 @@ inline const nibble_cpu_kernel_table* compiled_kernels(Isa isa) {
 inline Isa resolve_isa(Isa requested) {
   if (requested == Isa::automatic) requested = isa_from_environment();
   if (requested == Isa::automatic) {
-    for (Isa isa : {Isa::avx512vnni, Isa::avx512, Isa::avx2}) {
+    for (Isa isa : {Isa::avx512bf16, Isa::avx512vnni, Isa::avx512, Isa::avx2}) {
       if (compiled_kernels(isa) != nullptr && cpu_supports(isa)) return isa;
     }
     return Isa::generic;
   }
   if (compiled_kernels(requested) == nullptr) {
     fail(ErrorCode::unsupported, "ISA ", to_string(requested),
-         " is not compiled in (link nibble::cpu_kernels for avx2 / avx512 / avx512vnni)");
+         " is not compiled in (link nibble::cpu_kernels for avx2 / avx512 / avx512vnni / "
+         "avx512bf16)");
   }
   if (!cpu_supports(requested)) {
     fail(ErrorCode::unsupported, "ISA ", to_string(requested), " is not supported by this CPU");

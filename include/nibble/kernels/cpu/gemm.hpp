@@ -98,6 +98,18 @@ void convert_activation_rows(const TensorView<const ActT>& x, const int64_t* sou
   }
 }
 
+// Rows [begin, end) of bf16 X as bf16 bits, padded to padded_k with zeros.
+inline void bf16_activation_rows(const TensorView<const bf16>& x, int64_t begin, int64_t end,
+                                 int64_t padded_k, uint16_t* out) {
+  for (int64_t row = begin; row < end; ++row) {
+    const bf16* in = x.row(row);
+    uint16_t* values = out + row * padded_k;
+    for (int64_t i = 0; i < x.cols(); ++i)
+      values[i] = in[i].bits;
+    std::fill(values + x.cols(), values + padded_k, uint16_t{0});
+  }
+}
+
 template <class ActT>
 void convert_outputs(const std::vector<float>& y_float, ActT* y, int num_threads) {
   const auto count = static_cast<int64_t>(y_float.size());
@@ -129,6 +141,15 @@ void run_gemm(const QuantTensorView<ScaleT>& w, const TensorView<const ActT>& x,
   } else {
     op.x = reinterpret_cast<const float*>(x.data());
   }
+  // bf16 X also as bf16 rows, for the kernels that take it as it is (AVX512_BF16).
+  std::vector<uint16_t> x_bf16;
+  const bool bf16_rows = std::is_same_v<ActT, bf16> &&
+                         options.activations == ActivationPrecision::fp32 &&
+                         table.uses_bf16_activations != 0;
+  if (bf16_rows) {
+    x_bf16.resize(static_cast<std::size_t>(checked_mul(m, op.padded_k, "activations")));
+    op.x_bf16 = x_bf16.data();
+  }
   std::vector<float> bias_float;
   if (bias != nullptr) {
     if constexpr (std::is_same_v<ActT, float>) {
@@ -152,6 +173,9 @@ void run_gemm(const QuantTensorView<ScaleT>& w, const TensorView<const ActT>& x,
                  [&](std::size_t, int64_t begin, int64_t end) {
                    if (convert) {
                      convert_activation_rows(x, nullptr, begin, end, op.padded_k, x_float.data());
+                   }
+                   if constexpr (std::is_same_v<ActT, bf16>) {
+                     if (bf16_rows) bf16_activation_rows(x, begin, end, op.padded_k, x_bf16.data());
                    }
                  });
   if constexpr (!std::is_same_v<ActT, float>)

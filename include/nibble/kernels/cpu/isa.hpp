@@ -6,10 +6,12 @@
 //   avx2        AVX2 + FMA + F16C                        (nibble::cpu_kernels, x86-64)
 //   avx512      AVX-512 F/BW/DQ/VL + FMA                 (nibble::cpu_kernels, x86-64)
 //   avx512vnni  avx512 + VNNI (vpdpbusd for int8 dots)   (nibble::cpu_kernels, x86-64)
+//   avx512bf16  avx512vnni + AVX512_BF16 (vdpbf16ps: bf16 activations against 4-bit weights)
 //
 // Kernel calls pick the best ISA that is both compiled in and supported, unless told otherwise:
 // GemmOptions::isa, or the environment variable NIBBLE_ISA (generic | avx2 | avx512 |
-// avx512vnni) for a whole process. Asking for an ISA that is not available is an Error.
+// avx512vnni | avx512bf16) for a whole process. Asking for an ISA that is not available is an
+// Error.
 #pragma once
 
 #include <cstdint>
@@ -20,7 +22,7 @@
 
 namespace nibble {
 
-enum class Isa : uint8_t { automatic, generic, avx2, avx512, avx512vnni };
+enum class Isa : uint8_t { automatic, generic, avx2, avx512, avx512vnni, avx512bf16 };
 
 inline const char* to_string(Isa isa) {
   switch (isa) {
@@ -34,16 +36,20 @@ inline const char* to_string(Isa isa) {
       return "avx512";
     case Isa::avx512vnni:
       return "avx512vnni";
+    case Isa::avx512bf16:
+      return "avx512bf16";
   }
   return "?";
 }
 
 inline Isa isa_from_name(std::string_view name) {
-  for (Isa isa : {Isa::automatic, Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512vnni}) {
+  for (Isa isa :
+       {Isa::automatic, Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512vnni, Isa::avx512bf16}) {
     if (name == to_string(isa)) return isa;
   }
-  detail::fail(ErrorCode::invalid_argument, "ISA \"", name,
-               "\" is unknown (expected automatic, generic, avx2, avx512 or avx512vnni)");
+  detail::fail(
+      ErrorCode::invalid_argument, "ISA \"", name,
+      "\" is unknown (expected automatic, generic, avx2, avx512, avx512vnni or avx512bf16)");
 }
 
 // Whether the running CPU (and its OS) can execute code for `isa`.
@@ -70,6 +76,8 @@ inline bool cpu_supports(Isa isa) {
       return avx512;
     case Isa::avx512vnni:
       return avx512 && __builtin_cpu_supports("avx512vnni");
+    case Isa::avx512bf16:
+      return avx512 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16");
     default:
       return false;
   }

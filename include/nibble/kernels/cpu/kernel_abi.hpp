@@ -15,10 +15,13 @@
 // Operands of Y = X * dequant(W)^T for output columns [n_begin, n_end), validated and prepared by
 // the dispatcher (kernels/cpu/gemm.hpp). All arrays are row-major and dense.
 struct nibble_gemm_operands {
-  int64_t m;          // rows of X and Y
-  int64_t n;          // rows of W = columns of Y
-  int64_t padded_k;   // n_groups * group_size: X rows are zero-padded to this length
-  const float* x;     // X [m, padded_k] as float (pads are 0.0)
+  int64_t m;         // rows of X and Y
+  int64_t n;         // rows of W = columns of Y
+  int64_t padded_k;  // n_groups * group_size: X rows are zero-padded to this length
+  const float* x;    // X [m, padded_k] as float (pads are 0.0)
+  // When X is bf16 (and activations stay fp32): X [m, padded_k] as bf16 bits (pads 0), for
+  // kernels that multiply bf16 directly; null otherwise. x holds the same values.
+  const uint16_t* x_bf16;
   int64_t x_block;    // int8 activations: elements per quantization block (divides group_size)
   float* y;           // [m, n] fp32 (the dispatcher converts to the output type)
   const float* bias;  // [n] or null
@@ -61,9 +64,10 @@ using nibble_dequantize_rows_fn = void (*)(const nibble_dequantize_operands* ope
 // The kernels one ISA provides. Indices: [bits: 2, 4, 8 -> 0, 1, 2], [scale: f32, f16, bf16],
 // [activations: fp32, int8 -> 0, 1].
 struct nibble_cpu_kernel_table {
-  const char* isa;         // "generic (sse2)", "avx2", "avx512", "avx512vnni"
-  int64_t lanes;           // fp32 lanes of the ISA's vectors
-  int64_t group_multiple;  // the fast kernels need group_size % group_multiple == 0
+  const char* isa;            // "generic (sse2)", "avx2", "avx512", "avx512vnni"
+  int64_t lanes;              // fp32 lanes of the ISA's vectors
+  int64_t group_multiple;     // the fast kernels need group_size % group_multiple == 0
+  int uses_bf16_activations;  // 1: kernels read nibble_gemm_operands::x_bf16 when given
   nibble_gemm_rows_fn gemm[3][3][2];
   nibble_dequantize_rows_fn dequantize_rows[3][3];
   // Scratch bytes one thread needs for a call (any columns).

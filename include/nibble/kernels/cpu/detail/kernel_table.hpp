@@ -10,6 +10,7 @@
 
 #include "nibble/core/float16.hpp"
 #include "nibble/kernels/cpu/detail/portable_kernels.hpp"
+#include "nibble/kernels/cpu/detail/x86_bf16_kernels.hpp"
 #include "nibble/kernels/cpu/detail/x86_panel_kernels.hpp"
 #include "nibble/kernels/cpu/kernel_abi.hpp"
 
@@ -47,11 +48,47 @@ struct X86TraitsFor<xsimd::fma3<xsimd::avx2>> {
 #if defined(NIBBLE_X86_AVX512_COMPILED)
 template <>
 struct X86TraitsFor<xsimd::avx512bw> {
-#if defined(__AVX512VNNI__)
+#if defined(__AVX512VNNI__) && defined(__AVX512BF16__)
+  using type = Avx512Traits<true, true>;
+#elif defined(__AVX512VNNI__)
   using type = Avx512Traits<true>;
 #else
   using type = Avx512Traits<false>;
 #endif
+};
+#endif
+
+#if defined(NIBBLE_X86_AVX512_COMPILED)
+// The fp32-activation entries of a BF16 table for 4-bit weights: the bf16 kernel when the call
+// qualifies (uses_bf16_kernel), else the fp32 kernels.
+template <class T, class ScaleT>
+struct Bf16OrFp32 {
+  using Fp32 = X86Gemm<T, 4, ScaleT, false>;
+  using Bf16 = StreamBf16<T, ScaleT>;
+  static void run(const nibble_gemm_operands* op, int64_t n_begin, int64_t n_end, void* scratch) {
+    if (uses_bf16_kernel<T>(*op)) {
+      Bf16::run(op, n_begin, n_end, scratch);
+    } else {
+      Fp32::run(op, n_begin, n_end, scratch);
+    }
+  }
+  static std::size_t scratch_bytes(const nibble_gemm_operands* op) {
+    return uses_bf16_kernel<T>(*op) ? Bf16::scratch_bytes(op) : Fp32::scratch_bytes(op);
+  }
+  static std::size_t prepared_bytes(const nibble_gemm_operands* op) {
+    return uses_bf16_kernel<T>(*op) ? PreparedBf16::bytes(*op) : prepared_bytes_f32<T, 4>(op);
+  }
+  static void prepare_shared(const nibble_gemm_operands* op, void* prepared) {
+    if (!uses_bf16_kernel<T>(*op)) prepare_shared_f32<T, 4>(op, prepared);
+  }
+  static void prepare_rows(const nibble_gemm_operands* op, void* prepared, int64_t row_begin,
+                           int64_t row_end) {
+    if (uses_bf16_kernel<T>(*op)) {
+      prepare_rows_bf16(op, prepared, row_begin, row_end);
+    } else {
+      prepare_rows_f32<T, 4>(op, prepared, row_begin, row_end);
+    }
+  }
 };
 #endif
 
@@ -70,6 +107,19 @@ void fill_x86_kernels(nibble_cpu_kernel_table& table, int bits_index, int scale_
     table.prepare_rows[bits_index][0] = &prepare_rows_f32<T, Bits>;
     table.prepare_rows[bits_index][1] = &prepare_rows_i8<T, Bits>;
   }
+#if defined(NIBBLE_X86_AVX512_COMPILED)
+  if constexpr (T::kBf16 && Bits == 4) {
+    using Both = Bf16OrFp32<T, ScaleT>;
+    table.uses_bf16_activations = 1;
+    table.gemm[bits_index][scale_index][0] = &Both::run;
+    if constexpr (std::is_same_v<ScaleT, float>) {
+      table.scratch_bytes[bits_index][0] = &Both::scratch_bytes;
+      table.prepared_bytes[bits_index][0] = &Both::prepared_bytes;
+      table.prepare_shared[bits_index][0] = &Both::prepare_shared;
+      table.prepare_rows[bits_index][0] = &Both::prepare_rows;
+    }
+  }
+#endif
 }
 
 #endif  // AVX2

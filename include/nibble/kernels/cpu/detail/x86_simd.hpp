@@ -2,7 +2,8 @@
 // same names in each, so a kernel template is written once and instantiated per ISA.
 //
 //   Avx2Traits            ymm: 8 float / int32 lanes, 32 bytes; AVX2 + FMA + F16C
-//   Avx512Traits<Vnni>    zmm: 16 lanes, 64 bytes; AVX-512 F/BW/DQ/VL (+ VNNI's vpdpbusd)
+//   Avx512Traits<Vnni, Bf16>  zmm: 16 lanes, 64 bytes; AVX-512 F/BW/DQ/VL (+ VNNI's vpdpbusd,
+//                             + AVX512_BF16's vdpbf16ps)
 //
 // Each traits struct exists only in translation units compiled for its ISA (nibble::cpu_kernels,
 // src/cpu_kernels_*.cpp); elsewhere this header defines nothing. xsimd gives the portable
@@ -62,6 +63,7 @@ struct Avx2Traits {
   static constexpr int kLanes = 8;   // float / int32 lanes
   static constexpr int kBytes = 32;  // bytes per vector
   static constexpr bool kVnni = false;
+  static constexpr bool kBf16 = false;
   // vpermps with a 16-entry table (one register) is AVX-512 only.
   static constexpr bool kTable16 = false;
   // M up to which the streaming kernels run (above: panels), and the panels' rows of X per
@@ -194,13 +196,14 @@ struct Avx2Traits {
 
 namespace nibble::detail::cpu {
 
-template <bool Vnni>
+template <bool Vnni, bool Bf16 = false>
 struct Avx512Traits {
   using F = __m512;
   using I = __m512i;
   static constexpr int kLanes = 16;
   static constexpr int kBytes = 64;
   static constexpr bool kVnni = Vnni;
+  static constexpr bool kBf16 = Bf16;
   static constexpr bool kTable16 = true;
   // As Avx2Traits, with 32 registers: 12 x 2 zmm fp32 accumulators; 6 x 2 (int32 + float).
   static constexpr int kStreamMaxM = 8;
@@ -339,6 +342,56 @@ struct Avx512Traits {
   }
   static I cast_i(F v) {
     return _mm512_castps_si512(v);
+  }
+
+  // ---- AVX512_BF16 ----
+  // acc[lane] += w.bf16[2 lane] * x.bf16[2 lane] + w.bf16[2 lane + 1] * x.bf16[2 lane + 1]:
+  // vdpbf16ps (each product exact in fp32, accumulated with rounding; bf16 subnormals read as 0).
+  static F dot_bf16(F acc, I w, I x) {
+#if defined(__AVX512BF16__)
+    return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh>(w), reinterpret_cast<__m512bh>(x));
+#else
+    static_assert(!Bf16, "the BF16 kernels need a translation unit built with -mavx512bf16");
+    (void)w;
+    (void)x;
+    return acc;
+#endif
+  }
+  // 32 bf16 lanes holding values[i & 15]: 16 floats, each exactly a bf16 (small integers), as a
+  // vpermw table whose 5-bit indices repeat every 16.
+  static I bf16_table(F values) {
+    // The bf16 of an exactly representable float is its top 16 bits.
+    const __m256i top = _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(values), 16));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(top), top, 1);
+  }
+  // v.u16[j] = table.u16[index.u16[j] & 31] (vpermw).
+  static I lookup_u16(I index, I table) {
+    return _mm512_permutexvar_epi16(index, table);
+  }
+  // v.u16[j] = (index bit 5 ? b : a).u16[index.u16[j] & 31] (vpermt2w).
+  static I lookup2_u16(I index, I a, I b) {
+    return _mm512_permutex2var_epi16(a, index, b);
+  }
+  // 32 bytes, each zero-extended into a 16-bit lane; `count` < 32 reads only that many.
+  static I load_bytes_as_u16(const uint8_t* p) {
+    return _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static I load_bytes_as_u16(const uint8_t* p, int64_t count) {
+    return _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8((__mmask32{1} << count) - 1, p));
+  }
+  static I set1_i16(int16_t value) {
+    return _mm512_set1_epi16(value);
+  }
+  // Lanes 0..7 = a, lanes 8..15 = b.
+  static F halves(float a, float b) {
+    return _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1);
+  }
+  // 16-bit lanes 16..31 set to `value`, the others 0.
+  static I upper_half_i16(int16_t value) {
+    return _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(value), 1);
+  }
+  static I or_i(I a, I b) {
+    return _mm512_or_si512(a, b);
   }
 };
 
