@@ -20,5 +20,7 @@
 #include "nibble/pack.hpp"
 #include "nibble/quant_tensor.hpp"
 #include "nibble/quantizer.hpp"
+#include "nibble/solvers/kquant.hpp"
+#include "nibble/solvers/policy.hpp"
 #include "nibble/solvers/rtn.hpp"
 #include "nibble/version.hpp"

@@ -54,6 +54,8 @@ __all__ = [
     "MatMulNBits",
     "GatherBlockQuantized",
     "quantize",
+    "kquant",
+    "KQUANT_VARIANTS",
     "dequantize",
     "pack",
     "unpack",
@@ -263,6 +265,62 @@ def quantize(
         scale_name,
         int(num_threads),
         non_finite == "zero",
+    )
+    if scale_name != "float32":
+        scales = scales.view(_NUMPY_DTYPE[scale_name])
+    config = QuantConfig(int(bits), int(group_size), bool(symmetric), convention)
+    return QuantTensor(qweight, scales, zeros, weights.shape, config)
+
+
+KQUANT_VARIANTS = ("ort", "llama_cpp")
+
+
+def kquant(
+    weights: np.ndarray,
+    bits: int = 4,
+    group_size: int = 128,
+    symmetric: bool = False,
+    variant: str = "ort",
+    importance: Optional[np.ndarray] = None,
+    convention: str = "ort_weight_only",
+    scale_dtype: DTypeLike = None,
+    num_threads: int = 0,
+    non_finite: str = "error",
+) -> QuantTensor:
+    """Quantize ``weights [..., K]`` with a k-quant scale search per group (not min / max).
+
+    Args:
+        variant: ``"ort"``: onnxruntime's ``k_quant`` (the ONNX Runtime GenAI builder's
+            ``int4_algo_config=k_quant``), byte for byte; asymmetric only. ``"llama_cpp"``:
+            llama.cpp's make_qkx2_quants (asymmetric) / make_qx_quants (symmetric).
+        importance: optional float32 per-column importance (``[K]``, or ``[leading..., K]`` for a
+            rank >= 3 tensor, e.g. mean x^2 of calibration activations); it multiplies each
+            element's search weight (all ones: the plain search).
+        convention: recorded in the tensor's config; its zero-point pad rule fills unused
+            zero-point slots (``ort_weight_only``: 0x8 nibbles, as onnxruntime writes them).
+        The other arguments are :func:`quantize`'s.
+    """
+    _check_array(weights, "weights", list(_FLOAT_DTYPES))
+    weight_dtype = _FLOAT_DTYPES[weights.dtype]
+    scale_name = weight_dtype if scale_dtype is None else _dtype_name(scale_dtype, "scale_dtype")
+    if non_finite not in ("error", "zero"):
+        raise ValueError(f"non_finite={non_finite!r} (expected 'error' or 'zero')")
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention {convention!r} is unknown (expected one of {', '.join(CONVENTIONS)})")
+    if importance is not None:
+        _check_array(importance, "importance", [np.dtype(np.float32)])
+    qweight, scales, zeros = _nibble.kquant(
+        _bits16(weights),
+        weight_dtype,
+        int(bits),
+        int(group_size),
+        bool(symmetric),
+        convention,
+        scale_name,
+        int(num_threads),
+        non_finite == "zero",
+        str(variant),
+        importance,
     )
     if scale_name != "float32":
         scales = scales.view(_NUMPY_DTYPE[scale_name])

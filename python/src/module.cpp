@@ -149,16 +149,12 @@ std::vector<int64_t> with_last(const nibble::Shape& shape, int64_t last) {
   return shape.with_last(last).dims();
 }
 
-nb::tuple quantize(const InArray& weights, const std::string& weight_dtype, int bits,
-                   int64_t group_size, bool symmetric, const std::string& convention,
-                   const std::string& scale_dtype, int num_threads, bool replace_non_finite) {
+// (qweight, scales, zeros or None) of solve(TensorView<const W>, ScaleT{}) -> QuantTensor<ScaleT>,
+// run without the GIL, for weights of `weight_dtype` and scales of `scale_dtype`.
+template <class Solve>
+nb::tuple quantize_with(const InArray& weights, const std::string& weight_dtype,
+                        const std::string& scale_dtype, bool symmetric, Solve&& solve) {
   const nibble::Shape shape = shape_of(weights, "weights");
-  const nibble::QuantConfig config{bits, group_size, symmetric,
-                                   nibble::convention_from_name(convention)};
-  nibble::QuantizeOptions options;
-  options.num_threads = num_threads;
-  options.non_finite = replace_non_finite ? nibble::NonFinitePolicy::replace_with_zero
-                                          : nibble::NonFinitePolicy::error;
   const auto run = [&](auto weight, auto scale) -> nb::tuple {
     using W = decltype(weight);
     using ScaleT = decltype(scale);
@@ -166,7 +162,7 @@ nb::tuple quantize(const InArray& weights, const std::string& weight_dtype, int 
     std::optional<nibble::QuantTensor<ScaleT>> result;
     {
       nb::gil_scoped_release no_gil;
-      result.emplace(nibble::quantize<ScaleT>(view, config, options));
+      result.emplace(solve(view, scale));
     }
     const nibble::RowLayout& layout = result->layout();
     nb::object zeros = nb::none();
@@ -199,6 +195,46 @@ nb::tuple quantize(const InArray& weights, const std::string& weight_dtype, int 
     nibble::detail::fail(ErrorCode::type_mismatch, "weights dtype \"", weight_dtype,
                          "\" is not supported (expected float32, float16 or bfloat16)");
   });
+}
+
+nibble::NonFinitePolicy non_finite_policy(bool replace_non_finite) {
+  return replace_non_finite ? nibble::NonFinitePolicy::replace_with_zero
+                            : nibble::NonFinitePolicy::error;
+}
+
+nb::tuple quantize(const InArray& weights, const std::string& weight_dtype, int bits,
+                   int64_t group_size, bool symmetric, const std::string& convention,
+                   const std::string& scale_dtype, int num_threads, bool replace_non_finite) {
+  const nibble::QuantConfig config{bits, group_size, symmetric,
+                                   nibble::convention_from_name(convention)};
+  nibble::QuantizeOptions options;
+  options.num_threads = num_threads;
+  options.non_finite = non_finite_policy(replace_non_finite);
+  return quantize_with(weights, weight_dtype, scale_dtype, symmetric,
+                       [&](const auto& view, auto scale) {
+                         return nibble::quantize<decltype(scale)>(view, config, options);
+                       });
+}
+
+nb::tuple kquant(const InArray& weights, const std::string& weight_dtype, int bits,
+                 int64_t group_size, bool symmetric, const std::string& convention,
+                 const std::string& scale_dtype, int num_threads, bool replace_non_finite,
+                 const std::string& variant, std::optional<InArray> importance) {
+  const nibble::QuantConfig config{bits, group_size, symmetric,
+                                   nibble::convention_from_name(convention)};
+  nibble::KQuantOptions options;
+  options.variant = nibble::kquant_variant_from_name(variant);
+  options.num_threads = num_threads;
+  options.non_finite = non_finite_policy(replace_non_finite);
+  if (importance) {
+    if (!has_dtype<float>(*importance)) type_error("importance", "float32");
+    const auto* values = static_cast<const float*>(importance->data());
+    options.importance.assign(values, values + importance->size());
+  }
+  return quantize_with(weights, weight_dtype, scale_dtype, symmetric,
+                       [&](const auto& view, auto scale) {
+                         return nibble::kquant_quantize<decltype(scale)>(view, config, options);
+                       });
 }
 
 nb::ndarray<nb::numpy, float> dequantize(const TensorRef& tensor) {
@@ -419,6 +455,9 @@ NB_MODULE(_nibble, m) {
 
   m.def("quantize", &quantize, "weights"_a, "weight_dtype"_a, "bits"_a, "group_size"_a,
         "symmetric"_a, "convention"_a, "scale_dtype"_a, "num_threads"_a, "replace_non_finite"_a);
+  m.def("kquant", &kquant, "weights"_a, "weight_dtype"_a, "bits"_a, "group_size"_a, "symmetric"_a,
+        "convention"_a, "scale_dtype"_a, "num_threads"_a, "replace_non_finite"_a, "variant"_a,
+        "importance"_a.none());
   m.def("dequantize", &dequantize, "tensor"_a);
   m.def("gemm", &gemm, "x"_a, "tensor"_a, "bias"_a.none());
   m.def("moe_gemm", &moe_gemm, "x"_a, "tensor"_a, "expert_ids"_a, "gates"_a.none());
