@@ -55,6 +55,10 @@ __all__ = [
     "GatherBlockQuantized",
     "quantize",
     "kquant",
+    "gptq",
+    "autoclip",
+    "awq",
+    "dequantize_gptq",
     "KQUANT_VARIANTS",
     "dequantize",
     "pack",
@@ -326,6 +330,153 @@ def kquant(
         scales = scales.view(_NUMPY_DTYPE[scale_name])
     config = QuantConfig(int(bits), int(group_size), bool(symmetric), convention)
     return QuantTensor(qweight, scales, zeros, weights.shape, config)
+
+
+def gptq(
+    weights: np.ndarray,
+    calibration: Union[np.ndarray, Sequence[np.ndarray]],
+    bits: int = 4,
+    group_size: int = 128,
+    symmetric: bool = False,
+    act_order: bool = False,
+    static_groups: bool = False,
+    damp_percent: float = 0.01,
+    block_size: int = 128,
+    fp64: bool = False,
+    convention: str = "olive",
+    scale_dtype: DTypeLike = None,
+    num_threads: int = 0,
+) -> Tuple[QuantTensor, Optional[np.ndarray], float]:
+    """GPTQ-quantize ``weights [..., N, K]`` given the layer's calibration inputs.
+
+    Args:
+        calibration: float32 ``[tokens, K]`` shared by every row, or a sequence of them, one per
+            leading index of the weights (e.g. per expert of ``[E, N, K]``).
+        act_order: quantize columns by descending Hessian diagonal; static_groups: group
+            parameters from the original weights (groups stay contiguous).
+        damp_percent: added to the Hessian's diagonal, times its mean.
+        fp64: double precision throughout (default: float32, as the published code).
+
+    Returns:
+        ``(tensor, g_idx, loss)``: g_idx (int32 ``[leading..., K]``, the group of each input
+        column) is None unless act_order without static_groups changes group membership;
+        :func:`dequantize_gptq` applies it. loss is the published code's error sum.
+    """
+    _check_array(weights, "weights", list(_FLOAT_DTYPES))
+    weight_dtype = _FLOAT_DTYPES[weights.dtype]
+    scale_name = weight_dtype if scale_dtype is None else _dtype_name(scale_dtype, "scale_dtype")
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention {convention!r} is unknown (expected one of {', '.join(CONVENTIONS)})")
+    batches = [calibration] if isinstance(calibration, np.ndarray) else list(calibration)
+    for batch in batches:
+        _check_array(batch, "calibration", [np.dtype(np.float32)])
+    qweight, scales, zeros, g_idx, loss = _nibble.gptq(
+        _bits16(weights),
+        weight_dtype,
+        batches,
+        int(bits),
+        int(group_size),
+        bool(symmetric),
+        convention,
+        scale_name,
+        float(damp_percent),
+        int(block_size),
+        bool(act_order),
+        bool(static_groups),
+        bool(fp64),
+        int(num_threads),
+    )
+    if scale_name != "float32":
+        scales = scales.view(_NUMPY_DTYPE[scale_name])
+    config = QuantConfig(int(bits), int(group_size), bool(symmetric), convention)
+    return QuantTensor(qweight, scales, zeros, weights.shape, config), g_idx, float(loss)
+
+
+def dequantize_gptq(tensor: QuantTensor, g_idx: Optional[np.ndarray]) -> np.ndarray:
+    """The float32 weights of a GPTQ result: column j of leading index e uses group
+    ``g_idx[e, j]`` (or ``j // group_size`` when g_idx is None)."""
+    if g_idx is None:
+        return tensor.dequantize().reshape(tensor.shape)
+    shape, k = tensor.shape, tensor.shape[-1]
+    bits, group = tensor.config.bits, tensor.config.group_size
+    rows = int(np.prod(shape[:-1]))
+    padded_k = k if group == PER_CHANNEL else -(-k // group) * group
+    codes = unpack(np.ascontiguousarray(tensor.qweight.reshape(rows, -1)), bits, padded_k)[:, :k].astype(np.float32)
+    scales = tensor.scales.reshape(rows, -1).astype(np.float32)
+    if tensor.zeros is None:
+        zeros = np.full(scales.shape, 1 << (bits - 1), np.float32)
+    else:
+        slots = tensor.zeros.shape[-1] * 8 // bits
+        zeros = unpack(np.ascontiguousarray(tensor.zeros.reshape(rows, -1)), bits, slots).astype(np.float32)
+    groups = np.repeat(g_idx.reshape(-1, k), rows // g_idx.reshape(-1, k).shape[0], axis=0)
+    row_index = np.arange(rows)[:, None]
+    restored = (codes - zeros[row_index, groups]) * scales[row_index, groups]
+    return restored.reshape(shape)
+
+
+def _calibration_list(calibration) -> list:
+    batches = [calibration] if isinstance(calibration, np.ndarray) else list(calibration)
+    for batch in batches:
+        _check_array(batch, "calibration", [np.dtype(np.float32)])
+    return batches
+
+
+def autoclip(
+    weights: np.ndarray,
+    calibration: Union[np.ndarray, Sequence[np.ndarray]],
+    bits: int = 4,
+    group_size: int = 128,
+    symmetric: bool = False,
+    solver: str = "rtn",
+    convention: str = "olive",
+    kquant_variant: str = "ort",
+    steps: int = 10,
+    min_ratio: float = 0.5,
+    clip_range: str = "abs_max",
+    num_threads: int = 0,
+    return_ratios: bool = False,
+):
+    """AutoClip (AWQ's auto_clip, Olive's pass): per group, the clipping ratio of the weight range
+    that minimizes the group's output error on the calibration inputs, for the given solver.
+
+    Returns the clipped float32 weights (quantize them with the same solver and config to get
+    the searched result); with return_ratios, also (upper, lower) ratios ``[..., N, groups]``.
+    clip_range: ``"abs_max"`` (AWQ: [-r amax, r amax]) or ``"min_max"`` (Olive: min and max apart).
+    """
+    _check_array(weights, "weights", [np.dtype(np.float32)])
+    if clip_range not in ("abs_max", "min_max"):
+        raise ValueError(f"clip_range={clip_range!r} (expected 'abs_max' or 'min_max')")
+    clipped, upper, lower = _nibble.autoclip(
+        weights, _calibration_list(calibration), int(bits), int(group_size), bool(symmetric),
+        convention, str(solver), str(kquant_variant), int(steps), float(min_ratio),
+        clip_range == "min_max", int(num_threads),
+    )
+    return (clipped, upper, lower) if return_ratios else clipped
+
+
+def awq(
+    weights: np.ndarray,
+    calibration: Union[np.ndarray, Sequence[np.ndarray]],
+    bits: int = 4,
+    group_size: int = 128,
+    symmetric: bool = False,
+    solver: str = "rtn",
+    convention: str = "olive",
+    kquant_variant: str = "ort",
+    grid: int = 20,
+    num_threads: int = 0,
+):
+    """AWQ's activation-aware per-input-channel scale search.
+
+    Returns ``(scaled_weights, scale, pre_quant_scale, alpha)``: quantize ``scaled_weights``
+    (W * s); at run time multiply the activations by ``pre_quant_scale`` (1 / s, TensorRT-LLM's
+    prequant_scaling_factor). scale and pre_quant_scale are ``[n_scales, K]``.
+    """
+    _check_array(weights, "weights", [np.dtype(np.float32)])
+    return _nibble.awq(
+        weights, _calibration_list(calibration), int(bits), int(group_size), bool(symmetric),
+        convention, str(solver), str(kquant_variant), int(grid), int(num_threads),
+    )
 
 
 def dequantize(tensor: QuantTensor) -> np.ndarray:

@@ -237,6 +237,142 @@ nb::tuple kquant(const InArray& weights, const std::string& weight_dtype, int bi
                        });
 }
 
+// (qweight, scales, zeros or None, g_idx or None, loss): GPTQ with one Hessian per calibration
+// array (one shared, or one per leading index of the weights).
+nb::tuple gptq(const InArray& weights, const std::string& weight_dtype,
+               const std::vector<InArray>& calibration, int bits, int64_t group_size,
+               bool symmetric, const std::string& convention, const std::string& scale_dtype,
+               double damp_percent, int64_t block_size, bool act_order, bool static_groups,
+               bool fp64, int num_threads) {
+  const nibble::QuantConfig config{bits, group_size, symmetric,
+                                   nibble::convention_from_name(convention)};
+  const nibble::Shape shape = shape_of(weights, "weights");
+  std::vector<nibble::GptqHessian> hessians;
+  hessians.reserve(calibration.size());
+  for (const InArray& x : calibration) {
+    if (!has_dtype<float>(x)) type_error("calibration", "float32");
+    const nibble::Shape x_shape = shape_of(x, "calibration");
+    hessians.emplace_back(shape.last());
+    nb::gil_scoped_release no_gil;
+    hessians.back().add_batch(nibble::TensorView<const float>(static_cast<const float*>(x.data()),
+                                                              x_shape, "calibration"));
+  }
+  nibble::GptqOptions options;
+  options.damp_percent = damp_percent;
+  options.block_size = block_size;
+  options.act_order = act_order;
+  options.static_groups = static_groups;
+  options.fp64 = fp64;
+  options.num_threads = num_threads;
+  std::vector<int32_t> g_idx;
+  double loss = 0;
+  nb::tuple arrays = quantize_with(
+      weights, weight_dtype, scale_dtype, symmetric, [&](const auto& view, auto scale) {
+        auto result = nibble::gptq_quantize<decltype(scale)>(view, config, hessians, options);
+        g_idx = std::move(result.g_idx);
+        loss = result.loss;
+        return std::move(result.tensor);
+      });
+  nb::object g_idx_array = nb::none();
+  if (!g_idx.empty()) {
+    // [leading..., K]: the dims before [N, K], then K.
+    const std::vector<int64_t>& dims = shape.dims();
+    std::vector<int64_t> g_idx_dims(
+        dims.begin(),
+        dims.end() - std::min<std::ptrdiff_t>(2, static_cast<std::ptrdiff_t>(dims.size())));
+    g_idx_dims.push_back(shape.last());
+    g_idx_array = nb::cast(owned_array<int32_t>(std::move(g_idx), g_idx_dims));
+  }
+  return nb::make_tuple(arrays[0], arrays[1], arrays[2], g_idx_array, loss);
+}
+
+// Views of float32 calibration matrices (validated: float32, C-contiguous, rank >= 1).
+std::vector<nibble::TensorView<const float>> calibration_views(
+    const std::vector<InArray>& calibration) {
+  std::vector<nibble::TensorView<const float>> views;
+  for (const InArray& x : calibration) {
+    if (!has_dtype<float>(x)) type_error("calibration", "float32");
+    views.emplace_back(static_cast<const float*>(x.data()), shape_of(x, "calibration"),
+                       "calibration");
+  }
+  return views;
+}
+
+nibble::QuantSolver solver_named(const std::string& solver, const std::string& kquant_variant) {
+  nibble::QuantSolver out;
+  if (solver == "rtn") {
+    out.kind = nibble::SearchSolver::rtn;
+  } else if (solver == "k_quant") {
+    out.kind = nibble::SearchSolver::k_quant;
+    out.kquant.variant = nibble::kquant_variant_from_name(kquant_variant);
+  } else {
+    nibble::detail::fail(ErrorCode::invalid_argument, "solver \"", solver,
+                         "\" is not supported here (expected \"rtn\" or \"k_quant\")");
+  }
+  return out;
+}
+
+// (clipped weights [shape], upper ratio [rows, groups], lower ratio [rows, groups]).
+nb::tuple autoclip(const InArray& weights, const std::vector<InArray>& calibration, int bits,
+                   int64_t group_size, bool symmetric, const std::string& convention,
+                   const std::string& solver, const std::string& kquant_variant, int steps,
+                   float min_ratio, bool min_max, int num_threads) {
+  if (!has_dtype<float>(weights)) type_error("weights", "float32");
+  const nibble::Shape shape = shape_of(weights, "weights");
+  const nibble::QuantConfig config{bits, group_size, symmetric,
+                                   nibble::convention_from_name(convention)};
+  nibble::AutoClipOptions options;
+  options.steps = steps;
+  options.min_ratio = min_ratio;
+  options.range = min_max ? nibble::ClipRange::min_max : nibble::ClipRange::abs_max;
+  options.solver.kind = solver_named(solver, kquant_variant).kind;
+  options.solver.kquant.variant = solver_named(solver, kquant_variant).kquant.variant;
+  options.num_threads = num_threads;
+  const std::vector<nibble::TensorView<const float>> views = calibration_views(calibration);
+  std::optional<nibble::AutoClipResult> result;
+  {
+    nb::gil_scoped_release no_gil;
+    result.emplace(
+        nibble::autoclip<float>(nibble::TensorView<const float>(
+                                    static_cast<const float*>(weights.data()), shape, "weights"),
+                                views, config, options));
+  }
+  const std::vector<int64_t> ratio_dims = with_last(shape, result->n_groups);
+  return nb::make_tuple(owned_array<float>(std::move(result->clipped), shape.dims()),
+                        owned_array<float>(std::move(result->upper_ratio), ratio_dims),
+                        owned_array<float>(std::move(result->lower_ratio), ratio_dims));
+}
+
+// (scaled weights [shape], scale [n_scales, K], pre_quant_scale [n_scales, K], alpha [n_scales]).
+nb::tuple awq(const InArray& weights, const std::vector<InArray>& calibration, int bits,
+              int64_t group_size, bool symmetric, const std::string& convention,
+              const std::string& solver, const std::string& kquant_variant, int grid,
+              int num_threads) {
+  if (!has_dtype<float>(weights)) type_error("weights", "float32");
+  const nibble::Shape shape = shape_of(weights, "weights");
+  const nibble::QuantConfig config{bits, group_size, symmetric,
+                                   nibble::convention_from_name(convention)};
+  nibble::AwqOptions options;
+  options.grid = grid;
+  options.solver.kind = solver_named(solver, kquant_variant).kind;
+  options.solver.kquant.variant = solver_named(solver, kquant_variant).kquant.variant;
+  options.num_threads = num_threads;
+  const std::vector<nibble::TensorView<const float>> views = calibration_views(calibration);
+  std::optional<nibble::AwqResult> result;
+  {
+    nb::gil_scoped_release no_gil;
+    result.emplace(
+        nibble::awq_search<float>(nibble::TensorView<const float>(
+                                      static_cast<const float*>(weights.data()), shape, "weights"),
+                                  views, config, options));
+  }
+  const std::vector<int64_t> scale_dims{result->n_scales, shape.last()};
+  return nb::make_tuple(owned_array<float>(std::move(result->scaled_weights), shape.dims()),
+                        owned_array<float>(std::move(result->scale), scale_dims),
+                        owned_array<float>(std::move(result->pre_quant_scale), scale_dims),
+                        owned_array<float>(std::move(result->alpha), {result->n_scales}));
+}
+
 nb::ndarray<nb::numpy, float> dequantize(const TensorRef& tensor) {
   return tensor.visit([&](const auto& view) {
     std::vector<float> out;
@@ -455,6 +591,14 @@ NB_MODULE(_nibble, m) {
 
   m.def("quantize", &quantize, "weights"_a, "weight_dtype"_a, "bits"_a, "group_size"_a,
         "symmetric"_a, "convention"_a, "scale_dtype"_a, "num_threads"_a, "replace_non_finite"_a);
+  m.def("gptq", &gptq, "weights"_a, "weight_dtype"_a, "calibration"_a, "bits"_a, "group_size"_a,
+        "symmetric"_a, "convention"_a, "scale_dtype"_a, "damp_percent"_a, "block_size"_a,
+        "act_order"_a, "static_groups"_a, "fp64"_a, "num_threads"_a);
+  m.def("autoclip", &autoclip, "weights"_a, "calibration"_a, "bits"_a, "group_size"_a,
+        "symmetric"_a, "convention"_a, "solver"_a, "kquant_variant"_a, "steps"_a, "min_ratio"_a,
+        "min_max"_a, "num_threads"_a);
+  m.def("awq", &awq, "weights"_a, "calibration"_a, "bits"_a, "group_size"_a, "symmetric"_a,
+        "convention"_a, "solver"_a, "kquant_variant"_a, "grid"_a, "num_threads"_a);
   m.def("kquant", &kquant, "weights"_a, "weight_dtype"_a, "bits"_a, "group_size"_a, "symmetric"_a,
         "convention"_a, "scale_dtype"_a, "num_threads"_a, "replace_non_finite"_a, "variant"_a,
         "importance"_a.none());
