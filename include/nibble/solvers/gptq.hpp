@@ -31,6 +31,13 @@
 //
 // Rank 3 ([E, N, K] experts): one Hessian per leading index (each expert sees its own tokens),
 // or one shared by all.
+//
+// Edge cases: a group size >= K (or per-channel) is one group per row, as in the RTN quantizer
+// (the canonical layout pads the codes); act_order with one group per row still orders the
+// sweep (it changes the codes, not membership: no g_idx). A Hessian that stays singular after
+// damping (e.g. damp_percent = 0 with fewer calibration rows than K) or is not finite is an
+// Error; so are a Hessian without calibration rows, one of the wrong K, and non-finite weights
+// or calibration inputs.
 #pragma once
 
 #include <algorithm>
