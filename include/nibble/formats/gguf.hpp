@@ -1,0 +1,657 @@
+// GGUF / ggml block formats Q4_0, Q4_1, Q8_0, Q4_K, Q6_K: block structs, llama.cpp's reference
+// quantizers and its dequantizers, byte for byte.
+//
+//   std::vector<uint8_t> row(nibble::gguf::row_size(GgmlType::q4_K, k));
+//   nibble::gguf::quantize_row_q4_K(x, k, row.data());      // x: k floats, k % 256 == 0
+//   nibble::gguf::dequantize_row_q4_K(row.data(), k, y);    // y: k floats
+//
+// A row of k weights is k / block_size consecutive blocks, no padding, all fields little-endian
+// (this header assumes a little-endian host, as ggml does). The quantizers transcribe llama.cpp's
+// `quantize_row_<type>_ref` (ggml/src/ggml-quants.c; for Q4_K / Q6_K the path
+// `llama-quantize` takes without an imatrix) and the dequantizers `dequantize_row_<type>`:
+//   - every float operation in the same order, each product rounded on its own (never fused
+//     into a following add: rtn::rounded_product), i.e. a build of ggml-quants.c without FMA
+//     contraction (x86-64's baseline). Built with -mfma under GCC's default -ffp-contract=fast
+//     the C code itself gives other bytes: in a one-off check of a C transcription of
+//     quantize_row_q4_K_ref / q6_K_ref, 12% of Q4_K and 0.6% of Q6_K blocks changed (0 differ
+//     from nibble without FMA, 2560 blocks each). Dequantization is immune: its products are
+//     exact (fp16 d times a small integer), so one rounding remains either way;
+//   - fp32 -> fp16 round-to-nearest-even (GGML_FP32_TO_FP16 = F16C / its scalar twin), via
+//     nibble::from_float<fp16>;
+//   - nearest_int (K-quants) = round half to even (ggml's bit trick in detail::nearest_int; the
+//     kquant searches' round_even agrees wherever nearest_int is valid); Q4_0 / Q4_1 truncate
+//     x * id + 8.5f (+ 0.5f), i.e. round half up; Q8_0 uses roundf (half away from zero);
+//   - Q4_K's and Q6_K's searches are kquant::search_llama_cpp (make_qkx2_quants with -1, 0.1, 20)
+//     and kquant::search_symmetric (make_qx_quants, rmse_type 1).
+// Bytes equal gguf-py 0.19.0's (gguf.quants) for Q4_0, Q4_1, Q8_0 except the sign of a zero
+// scale (see docs/formats.md: nibble follows the C code there); dequantized values equal
+// gguf-py's for all five types (tests/test_gguf.cpp against tests/reference/gguf_vectors.bin).
+//
+// Where nibble refuses what llama.cpp accepts (errors, nibble::Error): NaN / Inf inputs (the
+// reference quantizers do not check; only nearest_int's assert, debug builds only, can catch them
+// in the K-quants; the codes are otherwise undefined), and a block whose fp16 scale or
+// min would overflow to Inf (|d| >= 65520, e.g. Q8_0 with |x| >= 127 * 65520): llama.cpp and
+// gguf-py store Inf there. On an error the output blocks are unspecified.
+#pragma once
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "nibble/core/error.hpp"
+#include "nibble/core/float16.hpp"
+#include "nibble/solvers/kquant.hpp"
+#include "nibble/solvers/rtn.hpp"
+
+namespace nibble::gguf {
+
+// ggml's type ids (enum ggml_type in ggml.h; GGMLQuantizationType in gguf-py), as stored in a
+// GGUF file's tensor info. Only the types nibble implements.
+enum class GgmlType : uint32_t {
+  q4_0 = 2,
+  q4_1 = 3,
+  q8_0 = 8,
+  q4_K = 12,
+  q6_K = 14,
+};
+
+// Block sizes (weights per block), ggml-common.h's names.
+inline constexpr int64_t QK4_0 = 32;
+inline constexpr int64_t QK4_1 = 32;
+inline constexpr int64_t QK8_0 = 32;
+inline constexpr int64_t QK_K = 256;         // K-quant super-block
+inline constexpr int64_t K_SCALE_SIZE = 12;  // Q4_K's packed 6-bit scales and mins
+
+// ---- block structs (ggml-common.h): offsets in the comments, sizes asserted ------------------
+
+// Q4_0: 32 weights, symmetric 4-bit, one fp16 scale; effectively 4.5 bits per weight.
+// weight j = (code j - 8) * d.
+struct block_q4_0 {
+  fp16 d;                 // offset 0: scale = (signed value of largest |x|) / -8
+  uint8_t qs[QK4_0 / 2];  // offset 2: byte j: low nibble = code j, high nibble = code j + 16
+};
+
+// Q4_1: 32 weights, asymmetric 4-bit, fp16 scale and min; effectively 5.0 bits per weight.
+// weight j = code j * d + m.
+struct block_q4_1 {
+  fp16 d;                 // offset 0: scale = (max - min) / 15
+  fp16 m;                 // offset 2: min of the block
+  uint8_t qs[QK4_1 / 2];  // offset 4: byte j: low nibble = code j, high nibble = code j + 16
+};
+
+// Q8_0: 32 weights, symmetric 8-bit, one fp16 scale; effectively 8.5 bits per weight.
+// weight j = qs[j] * d.
+struct block_q8_0 {
+  fp16 d;            // offset 0: scale = max |x| / 127
+  int8_t qs[QK8_0];  // offset 2: qs[j] = code of weight j, -127 .. 127
+};
+
+// Q4_K: super-block of 256 weights = 8 sub-blocks of 32, each with a 6-bit scale and a 6-bit
+// min, those two sets scaled by fp16 d and dmin; effectively 4.5 bits per weight.
+// weight e of sub-block s = d * sc[s] * code - dmin * m[s].
+struct block_q4_K {
+  fp16 d;                        // offset 0: super-block scale of the 6-bit scales sc[0..7]
+  fp16 dmin;                     // offset 2: super-block scale of the 6-bit mins m[0..7]
+  uint8_t scales[K_SCALE_SIZE];  // offset 4: sc and m packed 6-bit (get_scale_min_k4 below)
+  uint8_t qs[QK_K / 2];          // offset 16: 4 chunks of 32 bytes; chunk c byte l: low nibble =
+                                 // code of weight 64c + l, high nibble = weight 64c + 32 + l
+};
+
+// Q6_K: super-block of 256 weights = 16 sub-blocks of 16, int8 scales, one fp16 d;
+// effectively 6.5625 bits per weight. weight = d * scales[s] * (code - 32), code 0 .. 63.
+struct block_q6_K {
+  uint8_t ql[QK_K / 2];      // offset 0: low 4 bits of the codes (element order below)
+  uint8_t qh[QK_K / 4];      // offset 128: high 2 bits of the codes
+  int8_t scales[QK_K / 16];  // offset 192: sub-block scales (sub-block s = weights 16s..16s+15)
+  fp16 d;                    // offset 208: super-block scale
+};
+// Q6_K element order, per half h (weights 128h .. 128h + 127; ql advances 64 bytes, qh 32), for
+// l = 0..31 and w = 128h: code(w + l)      = ql[l]      low nibble | (qh[l] bits 0-1) << 4
+//                          code(w + l + 32) = ql[l + 32] low nibble | (qh[l] bits 2-3) << 4
+//                          code(w + l + 64) = ql[l]      high nibble | (qh[l] bits 4-5) << 4
+//                          code(w + l + 96) = ql[l + 32] high nibble | (qh[l] bits 6-7) << 4
+
+static_assert(sizeof(block_q4_0) == 18 && offsetof(block_q4_0, qs) == 2, "block_q4_0 layout");
+static_assert(sizeof(block_q4_1) == 20 && offsetof(block_q4_1, m) == 2 &&
+                  offsetof(block_q4_1, qs) == 4,
+              "block_q4_1 layout");
+static_assert(sizeof(block_q8_0) == 34 && offsetof(block_q8_0, qs) == 2, "block_q8_0 layout");
+static_assert(sizeof(block_q4_K) == 144 && offsetof(block_q4_K, dmin) == 2 &&
+                  offsetof(block_q4_K, scales) == 4 && offsetof(block_q4_K, qs) == 16,
+              "block_q4_K layout");
+static_assert(sizeof(block_q6_K) == 210 && offsetof(block_q6_K, qh) == 128 &&
+                  offsetof(block_q6_K, scales) == 192 && offsetof(block_q6_K, d) == 208,
+              "block_q6_K layout");
+
+// ---- type table -------------------------------------------------------------------------------
+
+struct TypeInfo {
+  GgmlType type;
+  const char* name;    // ggml_type_name: "q4_0", "q4_K", ...
+  int64_t block_size;  // weights per block
+  int64_t type_size;   // bytes per block
+};
+
+inline constexpr TypeInfo kTypes[] = {
+    {GgmlType::q4_0, "q4_0", QK4_0, sizeof(block_q4_0)},
+    {GgmlType::q4_1, "q4_1", QK4_1, sizeof(block_q4_1)},
+    {GgmlType::q8_0, "q8_0", QK8_0, sizeof(block_q8_0)},
+    {GgmlType::q4_K, "q4_K", QK_K, sizeof(block_q4_K)},
+    {GgmlType::q6_K, "q6_K", QK_K, sizeof(block_q6_K)},
+};
+
+// The table entry of a ggml type id; Error(unsupported) for ids nibble does not implement.
+inline const TypeInfo& type_info_from_id(uint32_t id) {
+  for (const TypeInfo& info : kTypes) {
+    if (static_cast<uint32_t>(info.type) == id) return info;
+  }
+  nibble::detail::fail(ErrorCode::unsupported, "gguf: ggml type id ", id,
+                       " is not implemented (expected 2 = q4_0, 3 = q4_1, 8 = q8_0, 12 = q4_K or "
+                       "14 = q6_K)");
+}
+inline const TypeInfo& type_info(GgmlType type) {
+  return type_info_from_id(static_cast<uint32_t>(type));
+}
+inline const char* type_name(GgmlType type) {
+  return type_info(type).name;
+}
+inline int64_t block_size(GgmlType type) {
+  return type_info(type).block_size;
+}
+inline int64_t type_size(GgmlType type) {
+  return type_info(type).type_size;
+}
+
+// Bytes of one row of k weights (ggml_row_size); k must be a positive multiple of the block size.
+inline int64_t row_size(GgmlType type, int64_t k) {
+  const TypeInfo& info = type_info(type);
+  if (k <= 0 || k % info.block_size != 0) {
+    nibble::detail::fail(ErrorCode::shape_mismatch, "gguf::row_size: k = ", k,
+                         " is not a positive multiple of the ", info.name, " block size ",
+                         info.block_size, " (ggml rows hold whole blocks)");
+  }
+  return k / info.block_size * info.type_size;
+}
+
+// Q4_K / Q5_K: the 6-bit scale and min of sub-block j (0..7) from the 12 packed bytes.
+// Bytes 0-3: sc[0..3] in bits 0-5, top 2 bits of sc[4..7]; bytes 4-7: m[0..3], top 2 bits of
+// m[4..7]; bytes 8-11: low nibble = low 4 bits of sc[4..7], high nibble = low 4 bits of m[4..7].
+inline void get_scale_min_k4(int j, const uint8_t* packed, uint8_t& scale, uint8_t& min) {
+  if (j < 4) {
+    scale = static_cast<uint8_t>(packed[j] & 63);
+    min = static_cast<uint8_t>(packed[j + 4] & 63);
+  } else {
+    scale = static_cast<uint8_t>((packed[j + 4] & 0xF) | ((packed[j - 4] >> 6) << 4));
+    min = static_cast<uint8_t>((packed[j + 4] >> 4) | ((packed[j] >> 6) << 4));
+  }
+}
+
+namespace detail {
+
+inline float mul(float a, float b) {
+  return rtn::rounded_product(a, b);
+}
+
+// llama.cpp's nearest_int, the same bit trick: adding 1.5 * 2^23 leaves round-half-to-even(value)
+// in the low mantissa bits. Exact for |value| <= 2^22 (ggml asserts that in debug builds only);
+// beyond it, and for Inf / NaN, this returns what ggml's release build computes (no UB here).
+inline int nearest_int(float value) {
+  const float shifted = value + 12582912.f;
+  int32_t bits = 0;
+  std::memcpy(&bits, &shifted, sizeof bits);
+  return (bits & 0x007fffff) - 0x00400000;
+}
+
+// C's (int8_t) / (uint8_t) of a float that is in range, or 0 when it is not finite: ggml's
+// conversion is undefined there (it happens only when 1 / d overflows, |d| < 2^-128, i.e. a
+// block of fp32-subnormal weights whose fp16 d is 0 anyway); x86's cvttss2si gives 0x80000000,
+// whose low byte 0 is what both ggml on x86 and gguf-py store.
+inline int truncate_or_zero(float value) {
+  return std::isfinite(value) ? static_cast<int>(value) : 0;
+}
+
+// The boundary checks every row function makes once: the pointers, k, and finite inputs.
+inline const TypeInfo& check_row(const char* function, GgmlType type, int64_t k, const void* in,
+                                 const char* in_name, const void* out, const char* out_name) {
+  const TypeInfo& info = type_info(type);
+  if (k <= 0 || k % info.block_size != 0) {
+    nibble::detail::fail(ErrorCode::shape_mismatch, "gguf::", function, ": k = ", k,
+                         " is not a positive multiple of the ", info.name, " block size ",
+                         info.block_size, " (ggml rows hold whole blocks)");
+  }
+  if (in == nullptr)
+    nibble::detail::fail(ErrorCode::null_pointer, "gguf::", function, ": ", in_name, " is null");
+  if (out == nullptr)
+    nibble::detail::fail(ErrorCode::null_pointer, "gguf::", function, ": ", out_name, " is null");
+  return info;
+}
+
+inline void check_finite(const char* function, const TypeInfo& info, const float* x, int64_t k) {
+  for (int64_t i = 0; i < k; ++i) {
+    if (!std::isfinite(x[i])) {
+      nibble::detail::fail(ErrorCode::non_finite, "gguf::", function, ": x[", i, "] = ", x[i],
+                           " (block ", i / info.block_size, " of ", info.name,
+                           "); NaN/Inf weights cannot be quantized (llama.cpp asserts)");
+    }
+  }
+}
+
+// A stored fp16 block parameter; Error(non_finite) when it overflows (|value| >= 65520).
+inline fp16 store_fp16(float value, const char* function, const TypeInfo& info, int64_t block,
+                       const char* field) {
+  const fp16 stored = from_float<fp16>(value);
+  if (!std::isfinite(to_float(stored))) {
+    nibble::detail::fail(ErrorCode::non_finite, "gguf::", function, ": block ", block, " (x[",
+                         block * info.block_size, " .. ", (block + 1) * info.block_size - 1,
+                         "]) needs ", info.name, " ", field, " = ", value,
+                         ", which overflows fp16 (largest finite 65504); the weights' range is "
+                         "too large for this format");
+  }
+  return stored;
+}
+
+// Runs `quantize_block(x_block, block&, block_index)` over the row, storing each block with
+// memcpy (the output need not be aligned for the struct).
+template <class Block, class QuantizeBlock>
+void quantize_blocks(const float* x, int64_t k, void* blocks, const TypeInfo& info,
+                     QuantizeBlock&& quantize_block) {
+  auto* out = static_cast<unsigned char*>(blocks);
+  for (int64_t b = 0; b < k / info.block_size; ++b) {
+    Block block{};
+    quantize_block(x + b * info.block_size, block, b);
+    std::memcpy(out + b * static_cast<int64_t>(sizeof(Block)), &block, sizeof(Block));
+  }
+}
+
+template <class Block, class DequantizeBlock>
+void dequantize_blocks(const void* blocks, int64_t k, float* y, const TypeInfo& info,
+                       DequantizeBlock&& dequantize_block) {
+  const auto* in = static_cast<const unsigned char*>(blocks);
+  for (int64_t b = 0; b < k / info.block_size; ++b) {
+    Block block;
+    std::memcpy(&block, in + b * static_cast<int64_t>(sizeof(Block)), sizeof(Block));
+    dequantize_block(block, y + b * info.block_size);
+  }
+}
+
+// Low nibble = code j, high nibble = code j + 16 (Q4_0 / Q4_1).
+inline void pack_q4_halves(const uint8_t* codes, uint8_t* qs) {
+  for (int j = 0; j < 16; ++j)
+    qs[j] = static_cast<uint8_t>(codes[j] | (codes[j + 16] << 4));
+}
+
+}  // namespace detail
+
+// ---- Q4_0 -------------------------------------------------------------------------------------
+
+// x: k floats (k % 32 == 0) -> blocks: k / 32 block_q4_0 (18 bytes each). quantize_row_q4_0_ref:
+// d = max / -8 where max is the signed value of largest |x| (first one on ties), id = 1 / d from
+// the fp32 d (0 when d == 0), code = MIN(15, (int8_t)(x * id + 8.5f)): the extreme maps to 0,
+// and since d is -max / 8 the opposite extreme +|max| would be 16, clamped to 15.
+inline void quantize_row_q4_0(const float* x, int64_t k, void* blocks) {
+  const char* function = "quantize_row_q4_0";
+  const TypeInfo& info = detail::check_row(function, GgmlType::q4_0, k, x, "x", blocks, "blocks");
+  detail::check_finite(function, info, x, k);
+  detail::quantize_blocks<block_q4_0>(
+      x, k, blocks, info, [&](const float* xb, block_q4_0& out, int64_t b) {
+        float amax = 0.0f;
+        float max = 0.0f;  // an all-zero block keeps +0, so d = 0 / -8 = -0 (stored 0x8000)
+        for (int j = 0; j < QK4_0; ++j) {
+          if (amax < std::fabs(xb[j])) {
+            amax = std::fabs(xb[j]);
+            max = xb[j];
+          }
+        }
+        const float d = max / -8;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        out.d = detail::store_fp16(d, function, info, b, "d");
+        uint8_t codes[QK4_0];
+        for (int j = 0; j < QK4_0; ++j) {
+          // x * id + 8.5f >= 0.49 here (x * id >= -8 up to one rounding), so the conversion is
+          // C's truncation toward zero of an in-range value, as (int8_t) is in ggml.
+          const int truncated = detail::truncate_or_zero(detail::mul(xb[j], id) + 8.5f);
+          codes[j] = static_cast<uint8_t>(std::min(15, truncated));
+        }
+        detail::pack_q4_halves(codes, out.qs);
+      });
+}
+
+// blocks: k / 32 block_q4_0 -> y: k floats; y = (code - 8) * d.
+inline void dequantize_row_q4_0(const void* blocks, int64_t k, float* y) {
+  const TypeInfo& info =
+      detail::check_row("dequantize_row_q4_0", GgmlType::q4_0, k, blocks, "blocks", y, "y");
+  detail::dequantize_blocks<block_q4_0>(blocks, k, y, info, [](const block_q4_0& in, float* yb) {
+    const float d = to_float(in.d);
+    for (int j = 0; j < QK4_0 / 2; ++j) {
+      yb[j] = static_cast<float>((in.qs[j] & 0x0F) - 8) * d;
+      yb[j + QK4_0 / 2] = static_cast<float>((in.qs[j] >> 4) - 8) * d;
+    }
+  });
+}
+
+// ---- Q4_1 -------------------------------------------------------------------------------------
+
+// x: k floats (k % 32 == 0) -> blocks: k / 32 block_q4_1 (20 bytes each). quantize_row_q4_1_ref:
+// d = (max - min) / 15, m = min, id = 1 / d (0 when d == 0), code = MIN(15, (int8_t)((x - min)
+// * id + 0.5f)).
+inline void quantize_row_q4_1(const float* x, int64_t k, void* blocks) {
+  const char* function = "quantize_row_q4_1";
+  const TypeInfo& info = detail::check_row(function, GgmlType::q4_1, k, x, "x", blocks, "blocks");
+  detail::check_finite(function, info, x, k);
+  detail::quantize_blocks<block_q4_1>(
+      x, k, blocks, info, [&](const float* xb, block_q4_1& out, int64_t b) {
+        float min = FLT_MAX;
+        float max = -FLT_MAX;
+        for (int j = 0; j < QK4_1; ++j) {  // strict comparisons: the first of equal values wins
+          if (xb[j] < min) min = xb[j];
+          if (xb[j] > max) max = xb[j];
+        }
+        const float d = (max - min) / 15;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        out.d = detail::store_fp16(d, function, info, b, "d");
+        out.m = detail::store_fp16(min, function, info, b, "m (the block's min)");
+        uint8_t codes[QK4_1];
+        for (int j = 0; j < QK4_1; ++j) {
+          const int truncated = detail::truncate_or_zero(detail::mul(xb[j] - min, id) + 0.5f);
+          codes[j] = static_cast<uint8_t>(std::min(15, truncated));
+        }
+        detail::pack_q4_halves(codes, out.qs);
+      });
+}
+
+// blocks: k / 32 block_q4_1 -> y: k floats; y = code * d + m (product rounded, then the add).
+inline void dequantize_row_q4_1(const void* blocks, int64_t k, float* y) {
+  const TypeInfo& info =
+      detail::check_row("dequantize_row_q4_1", GgmlType::q4_1, k, blocks, "blocks", y, "y");
+  detail::dequantize_blocks<block_q4_1>(blocks, k, y, info, [](const block_q4_1& in, float* yb) {
+    const float d = to_float(in.d);
+    const float m = to_float(in.m);
+    for (int j = 0; j < QK4_1 / 2; ++j) {
+      yb[j] = detail::mul(static_cast<float>(in.qs[j] & 0x0F), d) + m;
+      yb[j + QK4_1 / 2] = detail::mul(static_cast<float>(in.qs[j] >> 4), d) + m;
+    }
+  });
+}
+
+// ---- Q8_0 -------------------------------------------------------------------------------------
+
+// x: k floats (k % 32 == 0) -> blocks: k / 32 block_q8_0 (34 bytes each). quantize_row_q8_0_ref:
+// d = max |x| / 127, id = 1 / d (0 when d == 0), qs = roundf(x * id) (half away from zero).
+inline void quantize_row_q8_0(const float* x, int64_t k, void* blocks) {
+  const char* function = "quantize_row_q8_0";
+  const TypeInfo& info = detail::check_row(function, GgmlType::q8_0, k, x, "x", blocks, "blocks");
+  detail::check_finite(function, info, x, k);
+  detail::quantize_blocks<block_q8_0>(
+      x, k, blocks, info, [&](const float* xb, block_q8_0& out, int64_t b) {
+        float amax = 0.0f;
+        for (int j = 0; j < QK8_0; ++j)
+          amax = std::max(amax, std::fabs(xb[j]));
+        const float d = amax / 127;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        out.d = detail::store_fp16(d, function, info, b, "d");
+        for (int j = 0; j < QK8_0; ++j) {  // |x * id| <= 127 up to one rounding: in range
+          out.qs[j] =
+              static_cast<int8_t>(detail::truncate_or_zero(std::round(detail::mul(xb[j], id))));
+        }
+      });
+}
+
+// blocks: k / 32 block_q8_0 -> y: k floats; y = qs * d.
+inline void dequantize_row_q8_0(const void* blocks, int64_t k, float* y) {
+  const TypeInfo& info =
+      detail::check_row("dequantize_row_q8_0", GgmlType::q8_0, k, blocks, "blocks", y, "y");
+  detail::dequantize_blocks<block_q8_0>(blocks, k, y, info, [](const block_q8_0& in, float* yb) {
+    const float d = to_float(in.d);
+    for (int j = 0; j < QK8_0; ++j)
+      yb[j] = static_cast<float>(in.qs[j]) * d;
+  });
+}
+
+// ---- Q4_K -------------------------------------------------------------------------------------
+
+// x: k floats (k % 256 == 0) -> blocks: k / 256 block_q4_K (144 bytes each). quantize_row_q4_K_ref:
+// per sub-block of 32, weights av_x + |x| (av_x = sqrt(sum x^2 / 32)) and make_qkx2_quants(32,
+// 15, ..., -1, 0.1, 20) give a float scale and min (min >= 0, subtracted); the 8 scales and 8
+// mins are quantized to 6 bits against max / 63 (nearest_int, MIN 63), d = fp16(max_scale / 63),
+// dmin = fp16(max_min / 63); then every code is recomputed against the stored values:
+// code = clamp(nearest_int((x + dmin * m) / (d * sc)), 0, 15), except in a sub-block whose
+// d * sc is 0, which keeps the search's codes.
+inline void quantize_row_q4_K(const float* x, int64_t k, void* blocks) {
+  const char* function = "quantize_row_q4_K";
+  const TypeInfo& info = detail::check_row(function, GgmlType::q4_K, k, x, "x", blocks, "blocks");
+  detail::check_finite(function, info, x, k);
+  constexpr int kSub = 32;
+  kquant::GroupScratch scratch(kSub);
+  detail::quantize_blocks<block_q4_K>(
+      x, k, blocks, info, [&](const float* xb, block_q4_K& out, int64_t b) {
+        uint8_t codes[QK_K];
+        float weights[kSub];
+        float scales[QK_K / kSub];
+        float mins[QK_K / kSub];
+        float max_scale = 0.0f;  // scales are >= 0 (the min is subtracted)
+        float max_min = 0.0f;
+        for (int j = 0; j < QK_K / kSub; ++j) {
+          const float* xs = xb + kSub * j;
+          float sum_x2 = 0.0f;
+          for (int l = 0; l < kSub; ++l)
+            sum_x2 += detail::mul(xs[l], xs[l]);
+          const float av_x = std::sqrt(sum_x2 / kSub);
+          for (int l = 0; l < kSub; ++l)
+            weights[l] = av_x + std::fabs(xs[l]);
+          const float lo = std::min(*std::min_element(xs, xs + kSub), 0.0f);
+          const float hi = *std::max_element(xs, xs + kSub);
+          if (hi != lo && !std::isfinite(16.f / (hi - lo))) {
+            // A range below ~4.7e-38 (fp32-subnormal weights): make_qkx2_quants' iscale = nmax /
+            // range is Inf, its nearest_int maps Inf / NaN to code 0 and no candidate has D > 0, so
+            // it returns scale 0, codes 0, the_min = -min. (Computed here: kquant's search, made
+            // for finite iscales, would convert NaN codes.) In the band range in [14, 16] / FLT_MAX
+            // ggml's candidates with a finite iscale could still win; nibble keeps scale 0 there.
+            std::fill(codes + kSub * j, codes + kSub * (j + 1), uint8_t{0});
+            scales[j] = 0.0f;
+            mins[j] = -lo;
+          } else {
+            const kquant::AffineFit fit =
+                kquant::search_llama_cpp(xs, weights, kSub, 15, codes + kSub * j, scratch);
+            scales[j] = fit.scale;
+            mins[j] = -fit.offset;  // make_qkx2_quants' the_min
+          }
+          if (scales[j] > max_scale) max_scale = scales[j];
+          if (mins[j] > max_min) max_min = mins[j];
+        }
+        const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+        const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+        for (int j = 0; j < QK_K / kSub; ++j) {
+          // ggml assigns nearest_int's int to a uint8_t (modulo 256), then takes MIN(63, .).
+          const auto ls = std::min<uint8_t>(
+              63, static_cast<uint8_t>(detail::nearest_int(detail::mul(inv_scale, scales[j]))));
+          const auto lm = std::min<uint8_t>(
+              63, static_cast<uint8_t>(detail::nearest_int(detail::mul(inv_min, mins[j]))));
+          if (j < 4) {
+            out.scales[j] = ls;
+            out.scales[j + 4] = lm;
+          } else {
+            out.scales[j + 4] = static_cast<uint8_t>((ls & 0xF) | ((lm & 0xF) << 4));
+            out.scales[j - 4] = static_cast<uint8_t>(out.scales[j - 4] | ((ls >> 4) << 6));
+            out.scales[j] = static_cast<uint8_t>(out.scales[j] | ((lm >> 4) << 6));
+          }
+        }
+        out.d = detail::store_fp16(max_scale / 63.f, function, info, b, "d");
+        out.dmin = detail::store_fp16(max_min / 63.f, function, info, b, "dmin");
+        for (int j = 0; j < QK_K / kSub; ++j) {
+          uint8_t sc = 0;
+          uint8_t m = 0;
+          get_scale_min_k4(j, out.scales, sc, m);
+          const float d = detail::mul(to_float(out.d), static_cast<float>(sc));
+          if (d == 0.0f) continue;
+          const float dm = detail::mul(to_float(out.dmin), static_cast<float>(m));
+          for (int l = 0; l < kSub; ++l) {
+            const int code = detail::nearest_int((xb[kSub * j + l] + dm) / d);
+            codes[kSub * j + l] = static_cast<uint8_t>(std::clamp(code, 0, 15));
+          }
+        }
+        for (int c = 0; c < QK_K / 64; ++c) {
+          for (int l = 0; l < 32; ++l) {
+            out.qs[32 * c + l] =
+                static_cast<uint8_t>(codes[64 * c + l] | (codes[64 * c + 32 + l] << 4));
+          }
+        }
+      });
+}
+
+// blocks: k / 256 block_q4_K -> y: k floats; y = (d * sc) * code - (dmin * m), each product
+// rounded, per sub-block (sc, m) from get_scale_min_k4.
+inline void dequantize_row_q4_K(const void* blocks, int64_t k, float* y) {
+  const TypeInfo& info =
+      detail::check_row("dequantize_row_q4_K", GgmlType::q4_K, k, blocks, "blocks", y, "y");
+  detail::dequantize_blocks<block_q4_K>(blocks, k, y, info, [](const block_q4_K& in, float* yb) {
+    const float d = to_float(in.d);
+    const float dmin = to_float(in.dmin);
+    for (int c = 0; c < QK_K / 64; ++c) {
+      for (int half = 0; half < 2; ++half) {
+        uint8_t sc = 0;
+        uint8_t m = 0;
+        get_scale_min_k4(2 * c + half, in.scales, sc, m);
+        const float scale = detail::mul(d, static_cast<float>(sc));
+        const float min = detail::mul(dmin, static_cast<float>(m));
+        for (int l = 0; l < 32; ++l) {
+          const int code = half == 0 ? in.qs[32 * c + l] & 0xF : in.qs[32 * c + l] >> 4;
+          yb[64 * c + 32 * half + l] = detail::mul(scale, static_cast<float>(code)) - min;
+        }
+      }
+    }
+  });
+}
+
+// ---- Q6_K -------------------------------------------------------------------------------------
+
+// x: k floats (k % 256 == 0) -> blocks: k / 256 block_q6_K (210 bytes each). quantize_row_q6_K_ref:
+// per sub-block of 16, make_qx_quants(16, 32, ..., rmse_type 1: weights x^2) gives a signed
+// scale; the scale of largest |.| gives iscale = -128 / max_scale, d = fp16(1 / iscale),
+// scales[s] = MIN(127, nearest_int(iscale * scale_s)); codes recomputed as clamp(nearest_int(x /
+// (d * scales[s])), -32, 31) + 32, except in a sub-block whose d * scales[s] is 0, which keeps
+// the search's codes (code 0 for an all-zero sub-block, as make_qx_quants writes L = 0 there).
+// A block whose largest |scale| is below 1e-15 is all zero bytes.
+inline void quantize_row_q6_K(const float* x, int64_t k, void* blocks) {
+  const char* function = "quantize_row_q6_K";
+  const TypeInfo& info = detail::check_row(function, GgmlType::q6_K, k, x, "x", blocks, "blocks");
+  detail::check_finite(function, info, x, k);
+  constexpr int kSub = 16;
+  constexpr float kGroupMaxEps = 1e-15f;  // ggml-quants.c GROUP_MAX_EPS
+  detail::quantize_blocks<block_q6_K>(
+      x, k, blocks, info, [&](const float* xb, block_q6_K& out, int64_t b) {
+        uint8_t codes[QK_K];
+        float weights[kSub];
+        float scales[QK_K / kSub];
+        float max_scale = 0.0f;
+        float max_abs_scale = 0.0f;
+        for (int s = 0; s < QK_K / kSub; ++s) {
+          const float* xs = xb + kSub * s;
+          float amax = 0.0f;
+          for (int l = 0; l < kSub; ++l) {
+            weights[l] = detail::mul(xs[l], xs[l]);
+            amax = std::max(amax, std::fabs(xs[l]));
+          }
+          scales[s] = kquant::search_symmetric(xs, weights, kSub, 32, codes + kSub * s);
+          if (amax < kGroupMaxEps) std::fill(codes + kSub * s, codes + kSub * (s + 1), uint8_t{0});
+          if (std::fabs(scales[s]) > max_abs_scale) {
+            max_abs_scale = std::fabs(scales[s]);
+            max_scale = scales[s];
+          }
+        }
+        if (max_abs_scale < kGroupMaxEps) return;  // out is all zero bytes (d = +0)
+        const float iscale = -128.f / max_scale;
+        out.d = detail::store_fp16(1 / iscale, function, info, b, "d");
+        for (int s = 0; s < QK_K / kSub; ++s) {  // |iscale * scale| <= 128: >= -128 fits int8
+          out.scales[s] = static_cast<int8_t>(
+              std::min(127, detail::nearest_int(detail::mul(iscale, scales[s]))));
+        }
+        for (int s = 0; s < QK_K / kSub; ++s) {
+          const float d = detail::mul(to_float(out.d), static_cast<float>(out.scales[s]));
+          if (d == 0.0f) continue;
+          for (int l = 0; l < kSub; ++l) {
+            const int code = detail::nearest_int(xb[kSub * s + l] / d);
+            codes[kSub * s + l] = static_cast<uint8_t>(std::clamp(code, -32, 31) + 32);
+          }
+        }
+        for (int h = 0; h < QK_K / 128; ++h) {
+          const uint8_t* c = codes + 128 * h;
+          uint8_t* ql = out.ql + 64 * h;
+          uint8_t* qh = out.qh + 32 * h;
+          for (int l = 0; l < 32; ++l) {
+            ql[l] = static_cast<uint8_t>((c[l] & 0xF) | ((c[l + 64] & 0xF) << 4));
+            ql[l + 32] = static_cast<uint8_t>((c[l + 32] & 0xF) | ((c[l + 96] & 0xF) << 4));
+            qh[l] = static_cast<uint8_t>((c[l] >> 4) | ((c[l + 32] >> 4) << 2) |
+                                         ((c[l + 64] >> 4) << 4) | ((c[l + 96] >> 4) << 6));
+          }
+        }
+      });
+}
+
+// blocks: k / 256 block_q6_K -> y: k floats; y = (d * scales[s]) * (code - 32), products rounded.
+inline void dequantize_row_q6_K(const void* blocks, int64_t k, float* y) {
+  const TypeInfo& info =
+      detail::check_row("dequantize_row_q6_K", GgmlType::q6_K, k, blocks, "blocks", y, "y");
+  detail::dequantize_blocks<block_q6_K>(blocks, k, y, info, [](const block_q6_K& in, float* yb) {
+    const float d = to_float(in.d);
+    for (int h = 0; h < QK_K / 128; ++h) {
+      const uint8_t* ql = in.ql + 64 * h;
+      const uint8_t* qh = in.qh + 32 * h;
+      float* out = yb + 128 * h;
+      for (int l = 0; l < 32; ++l) {
+        const int codes[4] = {
+            (ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4),
+            (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4),
+            (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
+            (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
+        };
+        for (int quarter = 0; quarter < 4; ++quarter) {
+          const int e = 32 * quarter + l;  // element within the half
+          const float scale = detail::mul(d, static_cast<float>(in.scales[8 * h + e / 16]));
+          out[e] = detail::mul(scale, static_cast<float>(codes[quarter] - 32));
+        }
+      }
+    }
+  });
+}
+
+// ---- by type id -------------------------------------------------------------------------------
+
+// x: k floats -> blocks: row_size(type, k) bytes.
+inline void quantize_row(GgmlType type, const float* x, int64_t k, void* blocks) {
+  switch (type) {
+    case GgmlType::q4_0:
+      return quantize_row_q4_0(x, k, blocks);
+    case GgmlType::q4_1:
+      return quantize_row_q4_1(x, k, blocks);
+    case GgmlType::q8_0:
+      return quantize_row_q8_0(x, k, blocks);
+    case GgmlType::q4_K:
+      return quantize_row_q4_K(x, k, blocks);
+    case GgmlType::q6_K:
+      return quantize_row_q6_K(x, k, blocks);
+  }
+  type_info(type);  // throws: an id outside the enum
+}
+
+// blocks: row_size(type, k) bytes -> y: k floats.
+inline void dequantize_row(GgmlType type, const void* blocks, int64_t k, float* y) {
+  switch (type) {
+    case GgmlType::q4_0:
+      return dequantize_row_q4_0(blocks, k, y);
+    case GgmlType::q4_1:
+      return dequantize_row_q4_1(blocks, k, y);
+    case GgmlType::q8_0:
+      return dequantize_row_q8_0(blocks, k, y);
+    case GgmlType::q4_K:
+      return dequantize_row_q4_K(blocks, k, y);
+    case GgmlType::q6_K:
+      return dequantize_row_q6_K(blocks, k, y);
+  }
+  type_info(type);
+}
+
+}  // namespace nibble::gguf
