@@ -71,6 +71,20 @@ struct BitPacking {
   }
 };
 
+// Calls f(BitPacking<bits>{}) for a bit width chosen at run time (2, 4 or 8, validated by the
+// caller), so the caller's template resolves the width once, outside its loops.
+template <class F>
+decltype(auto) with_bit_packing(int bits, F&& f) {
+  switch (bits) {
+    case 2:
+      return f(BitPacking<2>{});
+    case 4:
+      return f(BitPacking<4>{});
+    default:
+      return f(BitPacking<8>{});
+  }
+}
+
 // The shape of packed codes: the last dimension K becomes ceil(K * Bits / 8) bytes.
 template <int Bits>
 Shape packed_shape(const Shape& codes_shape) {

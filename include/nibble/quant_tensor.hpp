@@ -114,14 +114,7 @@ class QuantTensorView {
   // template resolves the width once, outside its loops.
   template <class F>
   decltype(auto) dispatch_bits(F&& f) const {
-    switch (config_.bits) {
-      case 2:
-        return f(BitPacking<2>{});
-      case 4:
-        return f(BitPacking<4>{});
-      default:
-        return f(BitPacking<8>{});  // validated: bits is 2, 4 or 8
-    }
+    return with_bit_packing(config_.bits, std::forward<F>(f));  // validated: 2, 4 or 8
   }
 
  private:

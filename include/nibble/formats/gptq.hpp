@@ -204,13 +204,7 @@ QuantTensor<ScaleT> make_canonical(int64_t n_outputs, int64_t k, const QuantConf
         Packing::pack_row(zeros.data(), zero_slots, out.zeros().data() + n * layout.zero_row_bytes);
       }
     };
-    if (bits == 2) {
-      pack(BitPacking<2>{});
-    } else if (bits == 4) {
-      pack(BitPacking<4>{});
-    } else {
-      pack(BitPacking<8>{});
-    }
+    with_bit_packing(bits, pack);
   }
   return out;
 }

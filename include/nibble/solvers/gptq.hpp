@@ -395,13 +395,7 @@ void gptq_rows(const TensorView<const W>& weights, int64_t row_begin, int64_t ro
                           out.zeros().data() + row * layout.zero_row_bytes);
       }
     };
-    if (bits == 2) {
-      pack(BitPacking<2>{});
-    } else if (bits == 4) {
-      pack(BitPacking<4>{});
-    } else {
-      pack(BitPacking<8>{});
-    }
+    with_bit_packing(bits, pack);
   }
 }
 
@@ -508,13 +502,7 @@ std::vector<float> dequantize_gptq(const GptqResult<ScaleT>& result) {
                             static_cast<int64_t>(zero_codes.size()), zero_codes.data());
       }
     };
-    if (bits == 2) {
-      unpack(BitPacking<2>{});
-    } else if (bits == 4) {
-      unpack(BitPacking<4>{});
-    } else {
-      unpack(BitPacking<8>{});
-    }
+    with_bit_packing(bits, unpack);
     const int32_t* groups = result.g_idx.data() + (row / rows_per_index) * k;
     for (int64_t j = 0; j < k; ++j) {
       const int64_t g = groups[j];

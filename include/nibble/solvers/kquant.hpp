@@ -500,13 +500,7 @@ QuantTensor<ScaleT> kquant_quantize(TensorView<const W> weights, const QuantConf
                           out.zeros().data() + row * layout.zero_row_bytes);
       }
     };
-    if (bits == 2) {
-      pack(BitPacking<2>{});
-    } else if (bits == 4) {
-      pack(BitPacking<4>{});
-    } else {
-      pack(BitPacking<8>{});
-    }
+    with_bit_packing(bits, pack);
     return true;
   };
 
