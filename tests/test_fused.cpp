@@ -100,9 +100,9 @@ const std::vector<std::vector<int64_t>> kPartRows = {{64, 16, 16}, {48, 48}, {32
 template <class ScaleT>
 void check_canonical(const QuantConfig& config, int64_t k) {
   for (const std::vector<int64_t>& rows : kPartRows) {
-    SCOPED_TRACE("bits " + std::to_string(config.bits) + " G " +
-                 std::to_string(config.group_size) + " sym " + std::to_string(config.symmetric) +
-                 " K " + std::to_string(k) + " parts " + std::to_string(rows.size()));
+    SCOPED_TRACE("bits " + std::to_string(config.bits) + " G " + std::to_string(config.group_size) +
+                 " sym " + std::to_string(config.symmetric) + " K " + std::to_string(k) +
+                 " parts " + std::to_string(rows.size()));
     std::vector<QuantTensor<ScaleT>> parts;
     for (std::size_t p = 0; p < rows.size(); ++p)
       parts.push_back(quantized<ScaleT>(rows[p], k, config, static_cast<uint32_t>(11 + p)));
@@ -186,8 +186,8 @@ void check_gptq(int bits, bool symmetric, gptq::ZeroFormat zero_format) {
     expect_same(fused::merge(back_pointers), merged);
     // Importing the fused checkpoint gives the fused canonical tensor.
     gptq::ImportOptions options;
-    options.symmetry = symmetric ? nibble::formats::Symmetry::symmetric
-                                 : nibble::formats::Symmetry::asymmetric;
+    options.symmetry =
+        symmetric ? nibble::formats::Symmetry::symmetric : nibble::formats::Symmetry::asymmetric;
     expect_same(gptq::from_gptq(merged.view(), options), fused::merge(part_pointers));
   }
 }
@@ -250,8 +250,8 @@ void check_awq(bool symmetric, int64_t group_size) {
     expect_same(fused::merge(back_pointers), merged);
     // The fused checkpoint dequantizes to the parts' weights side by side.
     awq::ImportOptions options;
-    options.symmetry = symmetric ? nibble::formats::Symmetry::symmetric
-                                 : nibble::formats::Symmetry::asymmetric;
+    options.symmetry =
+        symmetric ? nibble::formats::Symmetry::symmetric : nibble::formats::Symmetry::asymmetric;
     std::vector<float> expected;
     for (const QuantTensor<ScaleT>& part : parts) {
       const std::vector<float> values = nibble::dequantize(part);
@@ -303,13 +303,22 @@ TEST(FusedErrors, CanonicalSplitChecksCountsAndRank) {
   const QuantConfig config{4, 32, false, ConventionId::olive};
   const QuantTensor<float> t = quantized<float>(24, 64, config, 1);
   QuantTensor<float> rank3(Shape{2, 12, 64}, config);
-  expect_error([&] { fused::split(t, {16, 4}); }, ErrorCode::shape_mismatch,
-               {"fused::split", "rows counts [16, 4] sum to 20", "has 24 rows"});
-  expect_error([&] { fused::split(t, {24, 0}); }, ErrorCode::invalid_argument,
-               {"rows count 1 is 0 (expected >= 1)"});
+  expect_error(
+      [&] {
+        fused::split(t, {16, 4});
+      },
+      ErrorCode::shape_mismatch, {"fused::split", "rows counts [16, 4] sum to 20", "has 24 rows"});
+  expect_error(
+      [&] {
+        fused::split(t, {24, 0});
+      },
+      ErrorCode::invalid_argument, {"rows count 1 is 0 (expected >= 1)"});
   expect_error([&] { fused::split(t, {}); }, ErrorCode::invalid_argument, {"no rows counts"});
-  expect_error([&] { fused::split(rank3, {12, 12}); }, ErrorCode::shape_mismatch,
-               {"shape [2, 12, 64]", "expected rank 2"});
+  expect_error(
+      [&] {
+        fused::split(rank3, {12, 12});
+      },
+      ErrorCode::shape_mismatch, {"shape [2, 12, 64]", "expected rank 2"});
 }
 
 TEST(FusedErrors, GptqWordsMustNotStraddleAndGIdxMustMatch) {
@@ -343,10 +352,17 @@ TEST(FusedErrors, GptqWordsMustNotStraddleAndGIdxMustMatch) {
   expect_error([&] { fused::merge(list_of(&a, &short_scales)); }, ErrorCode::shape_mismatch,
                {"part 1", "scales holds"});
 
-  expect_error([&] { fused::split(a, {12, 4}); }, ErrorCode::unsupported,
-               {"fused::split (GPTQ)", "outputs count 0 is 12, not a multiple of 8"});
-  expect_error([&] { fused::split(a, {8, 16}); }, ErrorCode::shape_mismatch,
-               {"sum to 24", "has 16 outputs"});
+  expect_error(
+      [&] {
+        fused::split(a, {12, 4});
+      },
+      ErrorCode::unsupported,
+      {"fused::split (GPTQ)", "outputs count 0 is 12, not a multiple of 8"});
+  expect_error(
+      [&] {
+        fused::split(a, {8, 16});
+      },
+      ErrorCode::shape_mismatch, {"sum to 24", "has 16 outputs"});
 }
 
 TEST(FusedErrors, AwqWordsMustNotStraddle) {
@@ -359,8 +375,11 @@ TEST(FusedErrors, AwqWordsMustNotStraddle) {
                {"fused::merge (AWQ)", "part 1 has out_features N = 12, not a multiple of 8"});
   expect_error([&] { fused::merge(list_of(&a, &other_k)); }, ErrorCode::shape_mismatch,
                {"part 1 has in_features = 96 but part 0 has in_features = 64"});
-  expect_error([&] { fused::split(a, {4, 12}); }, ErrorCode::unsupported,
-               {"fused::split (AWQ)", "outputs count 0 is 4, not a multiple of 8"});
+  expect_error(
+      [&] {
+        fused::split(a, {4, 12});
+      },
+      ErrorCode::unsupported, {"fused::split (AWQ)", "outputs count 0 is 4, not a multiple of 8"});
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include "nibble/core/quant_config.hpp"
 #include "nibble/core/tensor_view.hpp"
 #include "nibble/formats/awq.hpp"
+#include "nibble/formats/fused.hpp"
 #include "nibble/formats/gguf.hpp"
 #include "nibble/formats/gptq.hpp"
 #include "nibble/formats/ort.hpp"

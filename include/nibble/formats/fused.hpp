@@ -6,8 +6,9 @@
 //
 //   layout                          fused along          arrays (one part of N outputs)
 //   canonical / Olive / ORT         dim 0 (rows)         qweight uint8 [N, packed_row_bytes]
-//   MatMulNBits  [out, in]                               scales [N, n_groups], zeros [N, zero_row_bytes]
-//   GPTQ  [in, out]                 dim 1 (columns)      qweight int32 [K / pack, N],
+//   MatMulNBits  [out, in]                               scales [N, n_groups], zeros [N,
+//   zero_row_bytes] GPTQ  [in, out]                 dim 1 (columns)      qweight int32 [K / pack,
+//   N],
 //                                                        qzeros int32 [n_groups, N / pack],
 //                                                        scales [n_groups, N], g_idx [K] (shared)
 //   AWQ   [in, out]                 dim 1 (columns)      qweight int32 [K, N / 8],
@@ -23,6 +24,9 @@
 //   - GPTQ's g_idx describes the shared input, so it must be identical across parts.
 // So split(merge(parts)) == parts and merge(split(t)) == t bit for bit, and merging canonical
 // tensors then converting (gptq::to_gptq, awq::to_awq) equals converting each then merging.
+//
+// merge and split are overloaded on the layout; pass merge a std::vector of pointers (a braced
+// list with an explicit ScaleT, merge<fp16>({&q, &k}), is ambiguous between the overloads).
 #pragma once
 
 #include <cstdint>
@@ -126,10 +130,14 @@ template <class V>
                        value, " but part 0 has ", field, " = ", first_value, " (", why, ")");
 }
 
-inline const char* bool_name(bool value) { return value ? "true" : "false"; }
+inline const char* bool_name(bool value) {
+  return value ? "true" : "false";
+}
 
 // An element count already checked by a layout's validate() / check_array, as a vector size.
-inline std::size_t to_size(int64_t count) { return static_cast<std::size_t>(count); }
+inline std::size_t to_size(int64_t count) {
+  return static_cast<std::size_t>(count);
+}
 
 }  // namespace detail
 
@@ -261,8 +269,9 @@ gptq::Checkpoint<ScaleT> merge(const std::vector<const gptq::Checkpoint<ScaleT>*
     // Before validate(): its message would not say that the part boundary is the problem.
     if ((layout.bits == 2 || layout.bits == 4 || layout.bits == 8) &&
         layout.out_features % layout.codes_per_word() != 0) {
-      nibble::detail::fail(ErrorCode::unsupported, who, ": part ", index, " has out_features N = ",
-                           layout.out_features, ", not a multiple of ", layout.codes_per_word(),
+      nibble::detail::fail(ErrorCode::unsupported, who, ": part ", index,
+                           " has out_features N = ", layout.out_features, ", not a multiple of ",
+                           layout.codes_per_word(),
                            " (qzeros packs 32 / bits = ", layout.codes_per_word(),
                            " outputs into each int32 word; every part's N must be a multiple of ",
                            layout.codes_per_word(), " so that no word straddles two parts)");
@@ -282,10 +291,10 @@ gptq::Checkpoint<ScaleT> merge(const std::vector<const gptq::Checkpoint<ScaleT>*
                          same_format);
     }
     if (layout.zero_format != first_layout.zero_format) {
-      detail::fail_field(who, index, "zero_format",
-                         std::string(layout.zero_format == gptq::ZeroFormat::v1 ? "v1" : "v2"),
-                         std::string(first_layout.zero_format == gptq::ZeroFormat::v1 ? "v1" : "v2"),
-                         same_format);
+      detail::fail_field(
+          who, index, "zero_format",
+          std::string(layout.zero_format == gptq::ZeroFormat::v1 ? "v1" : "v2"),
+          std::string(first_layout.zero_format == gptq::ZeroFormat::v1 ? "v1" : "v2"), same_format);
     }
     if (part.sym != first.sym) {
       detail::fail_field(who, index, "sym", std::string(detail::bool_name(part.sym)),
@@ -411,8 +420,8 @@ awq::Checkpoint<ScaleT> merge(const std::vector<const awq::Checkpoint<ScaleT>*>&
   for (std::size_t index = 0; index < parts.size(); ++index) {
     const awq::Layout& layout = parts[index]->layout;
     if (layout.out_features % pack != 0) {
-      nibble::detail::fail(ErrorCode::unsupported, who, ": part ", index, " has out_features N = ",
-                           layout.out_features,
+      nibble::detail::fail(ErrorCode::unsupported, who, ": part ", index,
+                           " has out_features N = ", layout.out_features,
                            ", not a multiple of 8 (qweight and qzeros pack 8 interleaved outputs "
                            "into each int32 word; every part's N must be a multiple of 8 so that "
                            "no word straddles two parts)");
