@@ -1,5 +1,7 @@
 // SafetensorsFile: files assembled byte by byte in a temporary directory, one valid file with
-// every kind of entry and one test per way a file can be wrong.
+// every kind of entry and one test per way a file can be wrong, plus seeded random mutations.
+// SafetensorsWriter: bytes against a header derived by hand, and read back by the reader (the
+// Python tests also open its files with the `safetensors` package). AtomicOutputFile.
 //
 // Expected values are independent of nibble's converters: fp16/bf16 patterns are decoded by hand
 // from the IEEE / bfloat16 definitions (noted beside each), fp32 patterns come from their bits.
@@ -11,10 +13,15 @@
 #include <filesystem>
 #include <fstream>
 #include <initializer_list>
+#include <iterator>
 #include <limits>
+#include <random>
+#include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "nibble/io/atomic_file.hpp"
 #include "nibble/io/safetensors.hpp"
 
 namespace {
@@ -23,7 +30,9 @@ namespace fs = std::filesystem;
 using nibble::DType;
 using nibble::Error;
 using nibble::ErrorCode;
+using nibble::io::AtomicOutputFile;
 using nibble::io::SafetensorsFile;
+using nibble::io::SafetensorsWriter;
 using nibble::io::TensorInfo;
 
 // `values`, each `byte_count` bytes little-endian, appended to a byte string.
@@ -469,6 +478,221 @@ TEST_F(Safetensors, ReportsAMissingFile) {
 
 TEST_F(Safetensors, ReportsADirectory) {
   expect_error(open_error_at(directory_.string()), ErrorCode::io, "is a directory");
+}
+
+// ---- SafetensorsWriter
+// ---------------------------------------------------------------------------
+
+// The bytes of a file the writer produces: written to a string stream.
+std::string written_bytes(SafetensorsWriter& writer,
+                          const std::vector<std::pair<std::string, std::string>>& data) {
+  std::ostringstream out(std::ios::binary);
+  writer.begin(out);
+  for (const auto& [name, bytes] : data)
+    writer.write(name, bytes.data(), bytes.size());
+  writer.finish();
+  return out.str();
+}
+
+TEST_F(Safetensors, WriterProducesTheDocumentedBytes) {
+  SafetensorsWriter writer;
+  writer.declare("a", DType::f32, {2});
+  writer.declare("b", DType::u8, {1, 3});
+  // Derived by hand from the format: compact JSON, data offsets contiguous from 0 in declaration
+  // order, then spaces until 8 + N is a multiple of 8.
+  const std::string json = R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                           R"("b":{"dtype":"U8","shape":[1,3],"data_offsets":[8,11]}})";
+  ASSERT_EQ(json.size(), 109u);  // 8 + 109 = 117 -> 3 spaces to 120
+  const std::string header = json + "   ";
+  const std::string expected =
+      le_bytes({header.size()}, 8) + header + kTwoFloats + std::string("\x01\x02\x03", 3);
+  EXPECT_EQ(written_bytes(writer, {{"a", kTwoFloats}, {"b", std::string("\x01\x02\x03", 3)}}),
+            expected);
+  EXPECT_EQ(writer.file_bytes(), static_cast<int64_t>(expected.size()));
+}
+
+TEST_F(Safetensors, WriterOutputReadsBackWithEveryDtype) {
+  SafetensorsWriter writer;
+  writer.add_metadata("format", "pt");
+  writer.add_metadata("quote\"and\\back\nslash", "caf\xc3\xa9");
+  const std::vector<std::pair<std::string, std::string>> data = {
+      {"f32", kTwoFloats},
+      {"f16 \"quoted\"", le_bytes({0x3c00, 0xc000, 0x3555}, 2)},
+      {"bf16\tcontrol", le_bytes({0x3f80, 0x4049}, 2)},
+      {"empty", ""},
+      {"scalar", le_bytes({0x0123456789abcdefu}, 8)},
+      {"i32", le_bytes({0xfffffffbu, 7}, 4)},
+      {"u8", std::string("\xfe\x02\x00", 3)},
+  };
+  writer.declare(data[0].first, DType::f32, {2});
+  writer.declare(data[1].first, DType::f16, {3, 1});
+  writer.declare(data[2].first, DType::bf16, {2});
+  writer.declare(data[3].first, DType::f32, {0, 7});
+  writer.declare(data[4].first, DType::i64, {});
+  writer.declare(data[5].first, DType::i32, {1, 2});
+  writer.declare(data[6].first, DType::u8, {3});
+  const std::string path = write_bytes(written_bytes(writer, data));
+  SafetensorsFile file = SafetensorsFile::open(path);
+  EXPECT_EQ(file.data_start() % 8, 0);
+  EXPECT_EQ(file.metadata().at("format"), "pt");
+  EXPECT_EQ(file.metadata().at("quote\"and\\back\nslash"), "caf\xc3\xa9");
+  ASSERT_EQ(file.tensors().size(), data.size());
+  for (std::size_t index = 0; index < data.size(); ++index) {
+    const TensorInfo& info = file.tensors()[index];
+    EXPECT_EQ(info.name, data[index].first);
+    EXPECT_EQ(info.dtype, writer.tensors()[index].dtype);
+    EXPECT_EQ(info.shape, writer.tensors()[index].shape);
+    std::string bytes(static_cast<std::size_t>(info.size_bytes()), '\0');
+    file.read_raw(info, bytes.data(), bytes.size());
+    EXPECT_EQ(bytes, data[index].second) << info.name;
+  }
+}
+
+TEST_F(Safetensors, WriterRejectsMisuse) {
+  SafetensorsWriter writer;
+  writer.declare("a", DType::f32, {2});
+  writer.declare("b", DType::u8, {3});
+  EXPECT_THROW(writer.declare("a", DType::f32, {1}), Error);
+  EXPECT_THROW(writer.declare("__metadata__", DType::f32, {1}), Error);
+  EXPECT_THROW(writer.declare("", DType::f32, {1}), Error);
+  EXPECT_THROW(writer.declare("neg", DType::f32, {-1}), Error);
+  EXPECT_THROW(writer.declare("bad\xff", DType::f32, {1}), Error);
+  try {
+    writer.declare("huge", DType::f32, {int64_t{1} << 40, int64_t{1} << 40});
+    FAIL() << "an overflowing byte size was declared";
+  } catch (const Error& error) {
+    EXPECT_EQ(error.code(), ErrorCode::overflow) << error.what();
+  }
+  writer.add_metadata("k", "v");
+  EXPECT_THROW(writer.add_metadata("k", "w"), Error);
+  std::ostringstream out;
+  EXPECT_THROW(writer.write("a", kTwoFloats.data(), 8), Error);  // before begin
+  writer.begin(out);
+  EXPECT_THROW(writer.declare("c", DType::f32, {1}), Error);
+  try {
+    writer.write("b", "abc", 3);
+    FAIL() << "wrote out of order";
+  } catch (const Error& error) {
+    expect_error(error, ErrorCode::invalid_argument, "expected tensor \"a\" next");
+  }
+  try {
+    writer.write("a", kTwoFloats.data(), 4);
+    FAIL() << "wrote a short tensor";
+  } catch (const Error& error) {
+    expect_error(error, ErrorCode::shape_mismatch, "4 bytes given, but F32 [2] is 8 bytes");
+  }
+  writer.write("a", kTwoFloats.data(), 8);
+  try {
+    writer.finish();
+    FAIL() << "finished with a tensor missing";
+  } catch (const Error& error) {
+    expect_error(error, ErrorCode::invalid_argument,
+                 "1 of 2 declared tensors written (next: \"b\")");
+  }
+}
+
+// ---- AtomicOutputFile
+// ----------------------------------------------------------------------------
+
+TEST_F(Safetensors, AtomicOutputFileAppearsOnlyOnCommit) {
+  const std::string path = (directory_ / "out.bin").string();
+  {
+    AtomicOutputFile out(path);
+    out.stream() << "partial";
+    EXPECT_TRUE(fs::exists(out.temp_path()));
+    EXPECT_FALSE(fs::exists(path));
+  }  // not committed: an exception or an interrupt took this path
+  EXPECT_FALSE(fs::exists(path));
+  EXPECT_TRUE(fs::is_empty(directory_)) << "the temporary was left behind";
+
+  write_bytes("old", "out.bin");
+  {
+    AtomicOutputFile out(path);
+    out.stream() << "new contents";
+    out.commit();
+  }
+  std::ifstream in(path, std::ios::binary);
+  const std::string contents((std::istreambuf_iterator<char>(in)),
+                             std::istreambuf_iterator<char>());
+  EXPECT_EQ(contents, "new contents");
+  EXPECT_EQ(std::distance(fs::directory_iterator(directory_), fs::directory_iterator()), 1);
+}
+
+TEST_F(Safetensors, AtomicOutputFileReportsAnUnwritableDestination) {
+  try {
+    AtomicOutputFile out((directory_ / "no_such_dir" / "out.bin").string());
+    FAIL() << "opened a file in a missing directory";
+  } catch (const Error& error) {
+    expect_error(error, ErrorCode::io, "expected a writable directory");
+  }
+  try {
+    AtomicOutputFile out(directory_.string());
+    FAIL() << "opened a directory as the output";
+  } catch (const Error& error) {
+    expect_error(error, ErrorCode::io, "it is a directory");
+  }
+}
+
+// ---- random mutations --------------------------------------------------------------------------
+
+// A valid file, mutated at random (seeded): byte flips, overwrites with interesting values,
+// truncations and insertions, in the header and the data. Each mutant must either open and read
+// every tensor or throw nibble::Error; a crash, hang or sanitizer report (CI runs this under
+// ASan + UBSan) fails. Also counts both outcomes so the test cannot pass vacuously.
+TEST_F(Safetensors, RandomMutationsOpenOrFailCleanly) {
+  const std::string original = le_bytes({kValidHeader.size()}, 8) + kValidHeader + valid_data();
+  std::mt19937 random(20261202u);
+  const auto below = [&](std::size_t bound) {
+    return std::uniform_int_distribution<std::size_t>(0, bound - 1)(random);
+  };
+  const char kInteresting[] = {'0', '9',  '-', '"',    '[',    ']',    '{',    '}', ',',
+                               ':', '\\', 'e', '\x00', '\x7f', '\x80', '\xff', ' ', '1'};
+  int opened = 0;
+  int rejected = 0;
+  const std::string path = (directory_ / "mutant.safetensors").string();
+  for (int trial = 0; trial < 3000; ++trial) {
+    std::string bytes = original;
+    const std::size_t edits = 1 + below(4);
+    for (std::size_t edit = 0; edit < edits && !bytes.empty(); ++edit) {
+      const std::size_t at = below(bytes.size());
+      switch (below(5)) {
+        case 0:
+          bytes[at] = static_cast<char>(bytes[at] ^ (1 << below(8)));
+          break;
+        case 1:
+          bytes[at] = kInteresting[below(sizeof kInteresting)];
+          break;
+        case 2:
+          bytes.resize(at);
+          break;
+        case 3:
+          bytes.insert(at, 1, kInteresting[below(sizeof kInteresting)]);
+          break;
+        default:
+          bytes.erase(at, 1);
+          break;
+      }
+    }
+    {
+      std::ofstream out(path, std::ios::binary | std::ios::trunc);
+      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    }
+    try {
+      SafetensorsFile file = SafetensorsFile::open(path);
+      for (const TensorInfo& info : file.tensors()) {
+        std::vector<char> buffer(static_cast<std::size_t>(info.size_bytes()));
+        file.read_raw(info, buffer.data(), buffer.size());
+        if (info.dtype == DType::f32 || info.dtype == DType::f16 || info.dtype == DType::bf16) {
+          EXPECT_EQ(file.read_f32(info.name).size(), static_cast<std::size_t>(info.numel()));
+        }
+      }
+      ++opened;
+    } catch (const Error&) {
+      ++rejected;
+    }
+  }
+  EXPECT_GT(opened, 0);
+  EXPECT_GT(rejected, 0);
 }
 
 }  // namespace

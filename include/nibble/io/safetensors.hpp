@@ -31,6 +31,8 @@
 //   - safetensors dtypes nibble has no DType for (U16, F8_E4M3, ...): ErrorCode::unsupported.
 // Tensor data is read on demand (seek + read of that tensor only), so opening a large model
 // costs only its header. A SafetensorsFile owns one input stream: reads are not thread-safe.
+//
+// SafetensorsWriter (below) writes the format, streaming one tensor at a time.
 #pragma once
 
 #include <algorithm>
@@ -41,6 +43,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <ostream>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -462,5 +465,213 @@ inline std::vector<float> SafetensorsFile::read_f32(std::string_view name) {
   }
   return values;
 }
+
+// ---- writing ----------------------------------------------------------------------------------
+//
+// SafetensorsWriter streams a file: every tensor is declared first (name, dtype, shape), which
+// fixes the header, and then each tensor's bytes are written in declaration order, so a caller
+// holds one tensor at a time (peak memory O(largest tensor), not O(model)).
+//
+//   SafetensorsWriter writer;
+//   writer.add_metadata("format", "pt");
+//   writer.declare("w.qweight", DType::u8, {4096, 32, 64});   // ... every tensor
+//   AtomicOutputFile out(path);                              // io/atomic_file.hpp
+//   writer.begin(out.stream());                              // the 8-byte N and the header
+//   writer.write("w.qweight", bytes, byte_count);            // ... each tensor, in order
+//   writer.finish();                                         // all declared tensors written?
+//   out.commit();
+//
+// The header is what the reference writer (safetensors' Rust `serialize`) produces up to key
+// order: a compact JSON object, "__metadata__" first when there is any, tensors in declaration
+// order with contiguous data_offsets from 0, and spaces appended so that 8 + N is a multiple of
+// 8 (the data section starts 8-byte aligned). Names and metadata must be valid UTF-8 and are
+// JSON-escaped. SafetensorsFile::open accepts everything this writes (tested both ways, and the
+// Python tests open it with the `safetensors` package).
+class SafetensorsWriter {
+ public:
+  void add_metadata(std::string key, std::string value) {
+    check_not_begun("add_metadata");
+    check_utf8("metadata key", key);
+    check_utf8("metadata value", value);
+    if (metadata_.count(key) != 0) {
+      nibble::detail::fail(ErrorCode::invalid_argument, "safetensors metadata key \"", key,
+                           "\" given twice");
+    }
+    metadata_.emplace(std::move(key), std::move(value));
+  }
+
+  void declare(std::string name, DType dtype, std::vector<int64_t> shape) {
+    check_not_begun("declare");
+    if (name.empty() || name == "__metadata__") {
+      nibble::detail::fail(ErrorCode::invalid_argument, "safetensors tensor name \"", name,
+                           "\" is reserved or empty");
+    }
+    check_utf8("tensor name", name);
+    for (const TensorInfo& info : tensors_) {
+      if (info.name == name) {
+        nibble::detail::fail(ErrorCode::invalid_argument, "safetensors tensor \"", name,
+                             "\" declared twice");
+      }
+    }
+    TensorInfo info;
+    info.name = std::move(name);
+    info.dtype = dtype;
+    for (int64_t dim : shape) {
+      if (dim < 0) {
+        nibble::detail::fail(ErrorCode::invalid_argument, "safetensors tensor \"", info.name,
+                             "\": shape ", detail::shape_text(shape), " has a negative extent");
+      }
+    }
+    info.shape = std::move(shape);
+    const int64_t bytes = nibble::detail::checked_mul(
+        info.numel(), static_cast<int64_t>(size_of(dtype)), "safetensors tensor byte size");
+    info.begin = data_bytes_;
+    info.end = nibble::detail::checked_add(data_bytes_, bytes, "safetensors data section size");
+    data_bytes_ = info.end;
+    tensors_.push_back(std::move(info));
+  }
+
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  // The file's size once finished: 8 + N + data.
+  int64_t file_bytes() const {
+    return 8 + static_cast<int64_t>(header_text().size()) + data_bytes_;
+  }
+
+  // Writes N and the header; afterwards only write() and finish() are allowed.
+  void begin(std::ostream& out) {
+    check_not_begun("begin");
+    const std::string header = header_text();
+    unsigned char length[8];
+    for (int index = 0; index < 8; ++index)
+      length[index] = static_cast<unsigned char>(static_cast<uint64_t>(header.size()) >>
+                                                 (8 * index));  // little-endian u64
+    out_ = &out;
+    put(reinterpret_cast<const char*>(length), 8, "the header length");
+    put(header.data(), static_cast<int64_t>(header.size()), "the header");
+  }
+
+  // The next declared tensor's bytes (little-endian, row-major): `name` must be that tensor and
+  // `byte_count` its exact size.
+  void write(std::string_view name, const void* bytes, std::size_t byte_count) {
+    if (out_ == nullptr) {
+      nibble::detail::fail(ErrorCode::invalid_argument, "SafetensorsWriter::write before begin()");
+    }
+    if (next_ >= tensors_.size()) {
+      nibble::detail::fail(ErrorCode::invalid_argument, "SafetensorsWriter::write(\"", name,
+                           "\"): all ", tensors_.size(), " declared tensors are already written");
+    }
+    const TensorInfo& info = tensors_[next_];
+    if (name != info.name) {
+      nibble::detail::fail(ErrorCode::invalid_argument, "SafetensorsWriter::write(\"", name,
+                           "\"): expected tensor \"", info.name,
+                           "\" next (tensors are written in declaration order)");
+    }
+    if (byte_count != static_cast<uint64_t>(info.size_bytes())) {
+      nibble::detail::fail(ErrorCode::shape_mismatch, "SafetensorsWriter::write(\"", name,
+                           "\"): ", byte_count, " bytes given, but ", to_string(info.dtype), " ",
+                           detail::shape_text(info.shape), " is ", info.size_bytes(), " bytes");
+    }
+    if (byte_count > 0 && bytes == nullptr) {
+      nibble::detail::fail(ErrorCode::null_pointer, "SafetensorsWriter::write(\"", name,
+                           "\"): bytes is null");
+    }
+    put(static_cast<const char*>(bytes), info.size_bytes(), "tensor \"" + info.name + "\"");
+    ++next_;
+  }
+
+  // Checks that every declared tensor was written.
+  void finish() {
+    if (out_ == nullptr || next_ != tensors_.size()) {
+      nibble::detail::fail(
+          ErrorCode::invalid_argument, "SafetensorsWriter::finish: ", next_, " of ",
+          tensors_.size(), " declared tensors written",
+          next_ < tensors_.size() ? " (next: \"" + tensors_[next_].name + "\")" : std::string());
+    }
+    out_->flush();
+    if (!out_->good())
+      nibble::detail::fail(ErrorCode::io, "safetensors: flushing the output failed");
+  }
+
+  // The header as written: compact JSON padded with spaces so that 8 + N % 8 == 0.
+  std::string header_text() const {
+    std::string text = "{";
+    bool first = true;
+    if (!metadata_.empty()) {
+      text += "\"__metadata__\":{";
+      for (const auto& [key, value] : metadata_) {
+        if (!first) text += ',';
+        first = false;
+        append_json_string(text, key);
+        text += ':';
+        append_json_string(text, value);
+      }
+      text += '}';
+      first = false;
+    }
+    for (const TensorInfo& info : tensors_) {
+      if (!first) text += ',';
+      first = false;
+      append_json_string(text, info.name);
+      text += ":{\"dtype\":\"";
+      text += to_string(info.dtype);
+      text += "\",\"shape\":[";
+      for (std::size_t axis = 0; axis < info.shape.size(); ++axis)
+        text += (axis ? "," : "") + std::to_string(info.shape[axis]);
+      text += "],\"data_offsets\":[" + std::to_string(info.begin) + "," + std::to_string(info.end) +
+              "]}";
+    }
+    text += '}';
+    text.append((8 - text.size() % 8) % 8, ' ');
+    return text;
+  }
+
+ private:
+  void check_not_begun(const char* what) const {
+    if (out_ != nullptr) {
+      nibble::detail::fail(ErrorCode::invalid_argument, "SafetensorsWriter::", what,
+                           " after begin(): the header is already written");
+    }
+  }
+  static void check_utf8(const char* what, const std::string& text) {
+    const std::size_t bad = detail::first_invalid_utf8(text);
+    if (bad != text.size()) {
+      nibble::detail::fail(ErrorCode::invalid_argument, "safetensors ", what,
+                           ": invalid UTF-8 at byte ", bad);
+    }
+  }
+  // JSON string literal: quote, backslash and control characters escaped (RFC 8259 section 7);
+  // other bytes (UTF-8 already checked) pass through.
+  static void append_json_string(std::string& text, const std::string& value) {
+    text += '"';
+    for (const char character : value) {
+      const auto byte = static_cast<unsigned char>(character);
+      if (character == '"' || character == '\\') {
+        text += '\\';
+        text += character;
+      } else if (byte < 0x20) {
+        static const char kHex[] = "0123456789abcdef";
+        text += "\\u00";
+        text += kHex[byte >> 4];
+        text += kHex[byte & 0xf];
+      } else {
+        text += character;
+      }
+    }
+    text += '"';
+  }
+  void put(const char* bytes, int64_t byte_count, const std::string& what) {
+    out_->write(bytes, static_cast<std::streamsize>(byte_count));
+    if (!out_->good()) {
+      nibble::detail::fail(ErrorCode::io, "safetensors: writing ", what, " (", byte_count,
+                           " bytes) failed (disk full?)");
+    }
+  }
+
+  std::map<std::string, std::string> metadata_;
+  std::vector<TensorInfo> tensors_;
+  int64_t data_bytes_ = 0;
+  std::ostream* out_ = nullptr;
+  std::size_t next_ = 0;
+};
 
 }  // namespace nibble::io
