@@ -42,6 +42,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <ostream>
 #include <string>
@@ -553,29 +554,37 @@ class SafetensorsWriter {
   // The next declared tensor's bytes (little-endian, row-major): `name` must be that tensor and
   // `byte_count` its exact size.
   void write(std::string_view name, const void* bytes, std::size_t byte_count) {
-    if (out_ == nullptr) {
-      nibble::detail::fail(ErrorCode::invalid_argument, "SafetensorsWriter::write before begin()");
+    if (byte_count > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+      nibble::detail::fail(ErrorCode::overflow, "SafetensorsWriter::write: byte_count ", byte_count,
+                           " does not fit int64");
     }
-    if (next_ >= tensors_.size()) {
-      nibble::detail::fail(ErrorCode::invalid_argument, "SafetensorsWriter::write(\"", name,
-                           "\"): all ", tensors_.size(), " declared tensors are already written");
-    }
-    const TensorInfo& info = tensors_[next_];
-    if (name != info.name) {
-      nibble::detail::fail(ErrorCode::invalid_argument, "SafetensorsWriter::write(\"", name,
-                           "\"): expected tensor \"", info.name,
-                           "\" next (tensors are written in declaration order)");
-    }
-    if (byte_count != static_cast<uint64_t>(info.size_bytes())) {
-      nibble::detail::fail(ErrorCode::shape_mismatch, "SafetensorsWriter::write(\"", name,
-                           "\"): ", byte_count, " bytes given, but ", to_string(info.dtype), " ",
-                           detail::shape_text(info.shape), " is ", info.size_bytes(), " bytes");
-    }
+    const TensorInfo& info = expect_next("write", name, static_cast<int64_t>(byte_count));
     if (byte_count > 0 && bytes == nullptr) {
       nibble::detail::fail(ErrorCode::null_pointer, "SafetensorsWriter::write(\"", name,
                            "\"): bytes is null");
     }
     put(static_cast<const char*>(bytes), info.size_bytes(), "tensor \"" + info.name + "\"");
+    ++next_;
+  }
+
+  // The next declared tensor's bytes, produced by `produce(stream)` writing exactly byte_count
+  // bytes to the stream (for tensors streamed in pieces, e.g. from a spool file).
+  template <class Produce>
+  void write_from(std::string_view name, int64_t byte_count, Produce&& produce) {
+    const TensorInfo& info = expect_next("write_from", name, byte_count);
+    const std::streampos start = out_->tellp();
+    produce(*out_);
+    if (!out_->good()) {
+      nibble::detail::fail(ErrorCode::io, "safetensors: writing tensor \"", info.name,
+                           "\" failed (disk full?)");
+    }
+    const std::streampos end = out_->tellp();
+    if (start != std::streampos(-1) && end != std::streampos(-1) &&
+        static_cast<int64_t>(end - start) != byte_count) {
+      nibble::detail::fail(ErrorCode::shape_mismatch, "SafetensorsWriter::write_from(\"", name,
+                           "\"): ", static_cast<int64_t>(end - start), " bytes produced, expected ",
+                           byte_count);
+    }
     ++next_;
   }
 
@@ -631,6 +640,29 @@ class SafetensorsWriter {
       nibble::detail::fail(ErrorCode::invalid_argument, "SafetensorsWriter::", what,
                            " after begin(): the header is already written");
     }
+  }
+  // The next declared tensor, checked against `name` and `byte_count`.
+  const TensorInfo& expect_next(const char* who, std::string_view name, int64_t byte_count) const {
+    if (out_ == nullptr) {
+      nibble::detail::fail(ErrorCode::invalid_argument, "SafetensorsWriter::", who,
+                           " before begin()");
+    }
+    if (next_ >= tensors_.size()) {
+      nibble::detail::fail(ErrorCode::invalid_argument, "SafetensorsWriter::", who, "(\"", name,
+                           "\"): all ", tensors_.size(), " declared tensors are already written");
+    }
+    const TensorInfo& info = tensors_[next_];
+    if (name != info.name) {
+      nibble::detail::fail(ErrorCode::invalid_argument, "SafetensorsWriter::", who, "(\"", name,
+                           "\"): expected tensor \"", info.name,
+                           "\" next (tensors are written in declaration order)");
+    }
+    if (byte_count != info.size_bytes()) {
+      nibble::detail::fail(ErrorCode::shape_mismatch, "SafetensorsWriter::", who, "(\"", name,
+                           "\"): ", byte_count, " bytes given, but ", to_string(info.dtype), " ",
+                           detail::shape_text(info.shape), " is ", info.size_bytes(), " bytes");
+    }
+    return info;
   }
   static void check_utf8(const char* what, const std::string& text) {
     const std::size_t bad = detail::first_invalid_utf8(text);
