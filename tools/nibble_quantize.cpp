@@ -127,6 +127,7 @@ struct Options {
   int threads = 0;
   std::optional<std::string> json;  // path, or "-" for stdout
   bool quiet = false;
+  bool table_all = false;  // --table all: also the tensors that were never candidates
   bool progress_forced_plain = false;
 };
 
@@ -166,6 +167,8 @@ options:
                           and listed)
   --threads N             OpenMP threads (0: OpenMP's default)                [0]
   --json PATH             write a JSON summary to PATH ("-": stdout)
+  --table all|quantized   the per-layer table: every tensor, or (default) the candidates, with
+                          biases / norms / buffers counted in one line per reason
   --quiet                 no progress and no table
   -h, --help, --version
 )";
@@ -263,6 +266,12 @@ Options parse_options(int argc, char** argv) {
       if (options.threads < 0) throw UsageError{"--threads must be >= 0"};
     } else if (arg == "--json") {
       options.json = value();
+    } else if (arg == "--table") {
+      const std::string which = value();
+      if (which != "all" && which != "quantized") {
+        throw UsageError{"--table \"" + which + "\" is unknown (expected all or quantized)"};
+      }
+      options.table_all = which == "all";
     } else if (arg == "--quiet") {
       options.quiet = true;
     } else if (arg.size() > 1 && arg[0] == '-') {
@@ -1127,14 +1136,32 @@ std::string size_text(int64_t bytes) {
   return text;
 }
 
-void print_table(const std::vector<Row>& rows) {
+// Tensors that were never candidates (biases, norms, integer buffers) are counted in one line per
+// reason unless `all`; every tensor is in the --json summary either way.
+bool never_a_candidate(const Row& row) {
+  return !row.converted && !row.dropped &&
+         (row.reason.rfind("rank ", 0) == 0 || row.reason == "not a float tensor" ||
+          row.reason == "not a weight" || row.reason == "empty");
+}
+
+void print_table(const std::vector<Row>& all_rows, bool all) {
+  std::vector<const Row*> rows;
+  std::map<std::string, int64_t> folded;
+  for (const Row& row : all_rows) {
+    if (!all && never_a_candidate(row)) {
+      ++folded[row.reason];
+    } else {
+      rows.push_back(&row);
+    }
+  }
   std::size_t name_width = 4;
-  for (const Row& row : rows)
-    name_width = std::max(name_width, row.name.size());
+  for (const Row* row : rows)
+    name_width = std::max(name_width, row->name.size());
   name_width = std::min<std::size_t>(name_width, 60);
   std::printf("%-*s  %-14s %-4s %5s %6s %-4s %-8s %-17s %10s  %s\n", static_cast<int>(name_width),
               "name", "shape", "in", "bits", "group", "sym", "algo", "layout", "rel.error", "note");
-  for (const Row& row : rows) {
+  for (const Row* row_pointer : rows) {
+    const Row& row = *row_pointer;
     const std::string name = row.name.size() > name_width
                                  ? "..." + row.name.substr(row.name.size() - name_width + 3)
                                  : row.name;
@@ -1153,6 +1180,10 @@ void print_table(const std::vector<Row>& rows) {
                   static_cast<int>(name_width), name.c_str(), shape_text(row.shape).c_str(),
                   row.dtype.c_str(), "-", "-", "-", "-", "float", "-", row.reason.c_str());
     }
+  }
+  for (const auto& [reason, count] : folded) {
+    std::printf("(%lld more tensors kept in float: %s; --table all lists them)\n",
+                static_cast<long long>(count), reason.c_str());
   }
 }
 
@@ -1453,7 +1484,7 @@ int run(const Options& options) {
   totals.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const JsonValue summary = summary_json(options, rows, totals, output_file);
   if (!options.quiet) {
-    print_table(rows);
+    print_table(rows, options.table_all);
     const double bits_per_weight = totals.quantized_weights > 0
                                        ? 8.0 * static_cast<double>(totals.quantized_bytes_after) /
                                              static_cast<double>(totals.quantized_weights)

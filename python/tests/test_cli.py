@@ -246,3 +246,31 @@ def test_real_minilm_checkpoint(tmp_path):
             continue
         assert 0.05 < layer["rel_error"] < 0.15, layer  # 4-bit g128 RTN on trained weights
     assert (out / "vocab.txt").read_bytes() == (directory / "vocab.txt").read_bytes()
+
+
+def test_gptq_algo_with_calibration_inputs(model_dir, tmp_path, rng):
+    """--algo gptq reads each layer's inputs from --calibration; the tensor equals nibble.gptq on
+    the same inputs, and its output error on them is lower than RTN's."""
+    directory, tensors = model_dir
+    name = "model.layers.0.mlp.down_proj.weight"
+    weight = tensors[name]
+    k = weight.shape[1]
+    mixing = rng.standard_normal((k, k)).astype(np.float32) / np.sqrt(k)
+    x = (rng.standard_normal((512, k)).astype(np.float32) @ mixing).astype(np.float32)  # correlated
+    calibration = tmp_path / "calibration.safetensors"
+    safetensors_numpy.save_file({name: x}, str(calibration))
+    out = tmp_path / "out"
+    # Only down_proj has inputs in the file: the others stay in float.
+    quantize_cli(directory, "-o", out, "--algo", "gptq", "--calibration", calibration,
+                 "--skip", "q_proj|up_proj", "--quiet")
+    written = safetensors_numpy.load_file(str(out / "model.safetensors"))
+    tensor, g_idx, _ = nibble.gptq(weight, [x], bits=4, group_size=32, symmetric=True, convention="ort")
+    assert g_idx is None
+    module = name[: -len(".weight")]
+    assert written[module + ".qweight"].reshape(-1).tobytes() == tensor.qweight.tobytes()
+    assert written[module + ".scales"].reshape(-1).tobytes() == tensor.scales.tobytes()
+    gptq_error = np.linalg.norm(x @ (weight - nibble.dequantize(tensor)).T)
+    rtn = nibble.dequantize(nibble.quantize(weight, 4, 32, symmetric=True, convention="ort"))
+    assert gptq_error < 0.9 * np.linalg.norm(x @ (weight - rtn).T)
+    missing = quantize_cli(directory, "-o", tmp_path / "out2", "--algo", "gptq", "--calibration", calibration, check=False)
+    assert missing.returncode == 1 and 'has no tensor "model.layers.0.self_attn.q_proj.weight"' in missing.stderr
