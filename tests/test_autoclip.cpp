@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "nibble/solvers/autoclip.hpp"
+#include "support/solver_cases.hpp"
 #include "support/test_data.hpp"
 
 namespace {
@@ -19,7 +20,6 @@ using nibble::AutoClipOptions;
 using nibble::AutoClipResult;
 using nibble::ClipRange;
 using nibble::ConventionId;
-using nibble::Error;
 using nibble::KQuantVariant;
 using nibble::QuantConfig;
 using nibble::QuantSolver;
@@ -27,6 +27,12 @@ using nibble::QuantTensor;
 using nibble::SearchSolver;
 using nibble::Shape;
 using nibble::TensorView;
+using nibble::testing::describe;
+using nibble::testing::expect_error_mentioning;
+using nibble::testing::fake_quantize;
+using nibble::testing::kquant_solver;
+using nibble::testing::SolverCase;
+using nibble::testing::use_solver;
 
 using Views = std::vector<TensorView<const float>>;
 
@@ -107,28 +113,8 @@ double output_error(const std::vector<float>& weights, const std::vector<float>&
   return total;
 }
 
-std::vector<float> fake_quantize(const std::vector<float>& weights, const Shape& shape,
-                                 const QuantConfig& config, const QuantSolver& solver) {
-  return nibble::dequantize(nibble::quantize_with_solver<float>(
-      TensorView<const float>(weights.data(), shape), config, solver));
-}
-
 // The (solver, symmetric) pairs under test: RTN both ways (Olive's convention), onnxruntime's
 // k_quant (asymmetric only) and llama.cpp's searches both ways.
-struct SolverCase {
-  const char* name;
-  QuantSolver solver;
-  bool symmetric;
-  ConventionId convention;
-};
-
-QuantSolver kquant_solver(KQuantVariant variant) {
-  QuantSolver solver;
-  solver.kind = SearchSolver::k_quant;
-  solver.kquant.variant = variant;
-  return solver;
-}
-
 std::vector<SolverCase> solver_cases() {
   return {
       {"rtn olive asym", QuantSolver{}, false, ConventionId::olive},
@@ -139,18 +125,6 @@ std::vector<SolverCase> solver_cases() {
        ConventionId::ort_weight_only},
       {"k_quant llama_cpp sym", kquant_solver(KQuantVariant::llama_cpp), true,
        ConventionId::ort_weight_only}};
-}
-
-// Sets the case's solver field by field: copy-assigning a QuantSolver (its KQuantOptions holds a
-// std::vector) trips GCC 12's -Wnonnull false positive at -O3 (a memmove from an empty vector).
-template <class Options>
-void use_solver(Options& options, const SolverCase& c) {
-  options.solver.kind = c.solver.kind;
-  options.solver.kquant.variant = c.solver.kquant.variant;
-}
-
-std::string describe(const SolverCase& c, int bits, int64_t group) {
-  return std::string(c.name) + " bits=" + std::to_string(bits) + " group=" + std::to_string(group);
 }
 
 TEST(AutoClip, NeverWorseAndStrictlyBetterWithOutliers) {
@@ -512,99 +486,49 @@ TEST(AutoClip, RatioGridIsTheToolsGrid) {
   EXPECT_EQ(clip.upper_ratio, clip.lower_ratio);  // abs_max: one ratio for both bounds
 }
 
-TEST(AutoClip, BadInputIsRefused) {
-  const int64_t rows = 4, k = 64;
-  const std::vector<float> weights = nibble::testing::gaussian(3 * rows * k, 1);
-  const std::vector<float> x = nibble::testing::gaussian(8 * k, 2);
-  const TensorView<const float> w(weights.data(), Shape({rows, k}));
-  const TensorView<const float> x_view(x.data(), Shape({8, k}));
-  const QuantConfig config{4, 32, false};
-  const auto expect_error = [&](const auto& call, const std::string& fragment) {
-    try {
-      call();
-      ADD_FAILURE() << "no error; expected one mentioning \"" << fragment << "\"";
-    } catch (const Error& error) {
-      EXPECT_NE(std::string(error.what()).find(fragment), std::string::npos) << error.what();
-    }
-  };
+using AutoClipInput = nibble::testing::SearchInputTest;
+
+TEST_F(AutoClipInput, BadInputIsRefused) {
   const auto with_options = [&](const AutoClipOptions& options) {
     return [&, options] { nibble::autoclip<float>(w, x_view, config, options); };
   };
+  expect_shared_checks_refuse(
+      "autoclip", [&](const TensorView<const float>& weights_view, const Views& activations) {
+        nibble::autoclip<float>(weights_view, activations, config);
+      });
 
-  // Calibration K != weight K.
-  expect_error(
-      [&] {
-        nibble::autoclip<float>(w, TensorView<const float>(x.data(), Shape({8, 63})), config);
-      },
-      "activations[0] has shape [8, 63], whose last dimension 63 is not the weights' K = 64");
-  // Zero calibration rows: no view of them exists; no matrices at all is refused here.
-  expect_error([&] { TensorView<const float>(x.data(), Shape({0, k})); }, "dimension 0 is 0");
-  expect_error([&] { nibble::autoclip<float>(w, Views{}, config); }, "no calibration activations");
-  // Non-finite activations, named by index.
-  std::vector<float> with_nan = x;
-  with_nan[static_cast<std::size_t>(2 * k + 5)] = std::nanf("");
-  expect_error(
-      [&] {
-        nibble::autoclip<float>(w, TensorView<const float>(with_nan.data(), Shape({8, k})), config);
-      },
-      "activations[0][2, 5] = nan (calibration activations must be finite)");
-  std::vector<float> with_inf = x;
-  with_inf[7] = INFINITY;
-  expect_error(
-      [&] {
-        nibble::autoclip<float>(w, TensorView<const float>(with_inf.data(), Shape({8, k})), config);
-      },
-      "activations[0][0, 7] = inf");
-  // Non-finite weights.
-  std::vector<float> bad_weights(weights.begin(), weights.begin() + rows * k);
-  bad_weights[static_cast<std::size_t>(k + 3)] = -INFINITY;
-  expect_error(
-      [&] {
-        nibble::autoclip<float>(TensorView<const float>(bad_weights.data(), Shape({rows, k})),
-                                x_view, config);
-      },
-      "weights[1, 3] = -inf");
   // The grid.
   AutoClipOptions options;
   options.steps = 0;
-  expect_error(with_options(options), "AutoClipOptions.steps = 0 (expected >= 1");
+  expect_error_mentioning(with_options(options), "AutoClipOptions.steps = 0 (expected >= 1");
   options = {};
   options.min_ratio = 0.0f;
-  expect_error(with_options(options), "AutoClipOptions.min_ratio = 0 (expected a ratio in (0, 1]");
+  expect_error_mentioning(with_options(options),
+                          "AutoClipOptions.min_ratio = 0 (expected a ratio in (0, 1]");
   options.min_ratio = 1.5f;
-  expect_error(with_options(options), "AutoClipOptions.min_ratio = 1.5");
+  expect_error_mentioning(with_options(options), "AutoClipOptions.min_ratio = 1.5");
   options.min_ratio = std::nanf("");
-  expect_error(with_options(options), "AutoClipOptions.min_ratio = nan");
+  expect_error_mentioning(with_options(options), "AutoClipOptions.min_ratio = nan");
   options = {};
   options.num_threads = -2;
-  expect_error(with_options(options), "AutoClipOptions.num_threads = -2");
+  expect_error_mentioning(with_options(options), "AutoClipOptions.num_threads = -2");
   options = {};
   options.max_tokens = -1;
-  expect_error(with_options(options), "max_tokens = -1 (expected >= 0");
-  // Per-expert matrices: 1 or E.
-  const TensorView<const float> experts(weights.data(), Shape({3, rows, k}));
-  expect_error(
-      [&] {
-        nibble::autoclip<float>(experts, Views{x_view, x_view}, config);
-      },
-      "2 activation matrices for weights of shape [3, 4, 64] (expected 1, shared by every "
-      "row, or 3, one per leading index [3])");
-  expect_error(
-      [&] {
-        nibble::autoclip<float>(w, Views{x_view, x_view}, config);
-      },
-      "2 activation matrices for weights of shape [4, 64] (expected 1, shared by every "
-      "row)");
+  expect_error_mentioning(with_options(options), "max_tokens = -1 (expected >= 0");
   // The solver's own checks still apply.
   AutoClipOptions symmetric_ort;
   symmetric_ort.solver.kind = SearchSolver::k_quant;
   symmetric_ort.solver.kquant.variant = KQuantVariant::ort;
-  expect_error(
+  expect_error_mentioning(
       [&] {
         nibble::autoclip<float>(w, x_view, QuantConfig{4, 32, true}, symmetric_ort);
       },
       "asymmetric only");
-  expect_error([&] { nibble::autoclip<float>(w, x_view, QuantConfig{3, 32, false}); }, "bits = 3");
+  expect_error_mentioning(
+      [&] {
+        nibble::autoclip<float>(w, x_view, QuantConfig{3, 32, false});
+      },
+      "bits = 3");
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "nibble/solvers/awq.hpp"
+#include "support/solver_cases.hpp"
 #include "support/test_data.hpp"
 
 namespace {
@@ -19,14 +20,18 @@ namespace {
 using nibble::AwqOptions;
 using nibble::AwqResult;
 using nibble::ConventionId;
-using nibble::Error;
 using nibble::KQuantVariant;
 using nibble::QuantConfig;
 using nibble::QuantSolver;
 using nibble::QuantTensor;
-using nibble::SearchSolver;
 using nibble::Shape;
 using nibble::TensorView;
+using nibble::testing::describe;
+using nibble::testing::expect_error_mentioning;
+using nibble::testing::fake_quantize;
+using nibble::testing::kquant_solver;
+using nibble::testing::SolverCase;
+using nibble::testing::use_solver;
 
 using Views = std::vector<TensorView<const float>>;
 
@@ -39,12 +44,6 @@ std::vector<float> outlier_activations(int64_t tokens, int64_t k, uint32_t seed)
       x[static_cast<std::size_t>(t * k + col)] *= 20.0f;
   }
   return x;
-}
-
-std::vector<float> fake_quantize(const std::vector<float>& weights, const Shape& shape,
-                                 const QuantConfig& config, const QuantSolver& solver) {
-  return nibble::dequantize(nibble::quantize_with_solver<float>(
-      TensorView<const float>(weights.data(), shape), config, solver));
 }
 
 // mean_{t,n} ((X W^T)[t, n] - ((X / s) Q^T)[t, n])^2 in plain double loops; s = 1 when empty.
@@ -68,20 +67,6 @@ double awq_error(const std::vector<float>& weights, const std::vector<float>& re
   return total / static_cast<double>(tokens * rows);
 }
 
-struct SolverCase {
-  const char* name;
-  QuantSolver solver;
-  bool symmetric;
-  ConventionId convention;
-};
-
-QuantSolver kquant_solver(KQuantVariant variant) {
-  QuantSolver solver;
-  solver.kind = SearchSolver::k_quant;
-  solver.kquant.variant = variant;
-  return solver;
-}
-
 std::vector<SolverCase> solver_cases() {
   return {
       {"rtn olive asym", QuantSolver{}, false, ConventionId::olive},
@@ -90,18 +75,6 @@ std::vector<SolverCase> solver_cases() {
       {"k_quant ort asym", kquant_solver(KQuantVariant::ort), false, ConventionId::ort_weight_only},
       {"k_quant llama_cpp sym", kquant_solver(KQuantVariant::llama_cpp), true,
        ConventionId::ort_weight_only}};
-}
-
-// Sets the case's solver field by field: copy-assigning a QuantSolver (its KQuantOptions holds a
-// std::vector) trips GCC 12's -Wnonnull false positive at -O3 (a memmove from an empty vector).
-template <class Options>
-void use_solver(Options& options, const SolverCase& c) {
-  options.solver.kind = c.solver.kind;
-  options.solver.kquant.variant = c.solver.kquant.variant;
-}
-
-std::string describe(const SolverCase& c, int bits, int64_t group) {
-  return std::string(c.name) + " bits=" + std::to_string(bits) + " group=" + std::to_string(group);
 }
 
 TEST(Awq, NeverWorseAndStrictlyBetterWithOutlierChannels) {
@@ -373,62 +346,22 @@ TEST(Awq, OddShapes) {
   }
 }
 
-TEST(Awq, BadInputIsRefused) {
-  const int64_t rows = 4, k = 64;
-  const std::vector<float> weights = nibble::testing::gaussian(3 * rows * k, 1);
-  const std::vector<float> x = nibble::testing::gaussian(8 * k, 2);
-  const TensorView<const float> w(weights.data(), Shape({rows, k}));
-  const TensorView<const float> x_view(x.data(), Shape({8, k}));
-  const QuantConfig config{4, 32, false};
-  const auto expect_error = [&](const auto& call, const std::string& fragment) {
-    try {
-      call();
-      ADD_FAILURE() << "no error; expected one mentioning \"" << fragment << "\"";
-    } catch (const Error& error) {
-      EXPECT_NE(std::string(error.what()).find(fragment), std::string::npos) << error.what();
-    }
-  };
-  expect_error(
-      [&] {
-        nibble::awq_search<float>(w, TensorView<const float>(x.data(), Shape({4, 2, 65})), config);
-      },
-      "awq_search: activations[0] has shape [4, 2, 65], whose last dimension 65 is not "
-      "the weights' K = 64");
-  expect_error([&] { TensorView<const float>(x.data(), Shape({0, k})); }, "dimension 0 is 0");
-  expect_error([&] { nibble::awq_search<float>(w, Views{}, config); },
-               "awq_search: no calibration activations");
-  std::vector<float> with_nan = x;
-  with_nan[static_cast<std::size_t>(3 * k + 9)] = std::nanf("");
-  expect_error(
-      [&] {
-        nibble::awq_search<float>(w, TensorView<const float>(with_nan.data(), Shape({8, k})),
-                                  config);
-      },
-      "activations[0][3, 9] = nan (calibration activations must be finite)");
+using AwqInput = nibble::testing::SearchInputTest;
+
+TEST_F(AwqInput, BadInputIsRefused) {
+  expect_shared_checks_refuse(
+      "awq_search", [&](const TensorView<const float>& weights_view, const Views& activations) {
+        nibble::awq_search<float>(weights_view, activations, config);
+      });
   AwqOptions options;
   options.grid = 0;
-  expect_error([&] { nibble::awq_search<float>(w, x_view, config, options); },
-               "AwqOptions.grid = 0 (expected >= 1");
+  expect_error_mentioning([&] { nibble::awq_search<float>(w, x_view, config, options); },
+                          "AwqOptions.grid = 0 (expected >= 1");
   options = {};
   options.num_threads = -1;
-  expect_error([&] { nibble::awq_search<float>(w, x_view, config, options); },
-               "AwqOptions.num_threads = -1");
-  const TensorView<const float> experts(weights.data(), Shape({3, rows, k}));
-  expect_error(
-      [&] {
-        nibble::awq_search<float>(experts, Views{x_view, x_view}, config);
-      },
-      "2 activation matrices for weights of shape [3, 4, 64] (expected 1, shared by every "
-      "row, or 3, one per leading index [3])");
-  std::vector<float> bad_weights(weights.begin(), weights.begin() + rows * k);
-  bad_weights[5] = std::nanf("");
-  expect_error(
-      [&] {
-        nibble::awq_search<float>(TensorView<const float>(bad_weights.data(), Shape({rows, k})),
-                                  x_view, config);
-      },
-      "awq_search: weights[0, 5] = nan");
-  expect_error(
+  expect_error_mentioning([&] { nibble::awq_search<float>(w, x_view, config, options); },
+                          "AwqOptions.num_threads = -1");
+  expect_error_mentioning(
       [&] {
         nibble::awq_search<float>(w, x_view, QuantConfig{4, 0, false});
       },

@@ -5,19 +5,17 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
-#include <cstring>
-#include <functional>
 #include <string>
 #include <vector>
 
 #include "nibble/formats/fused.hpp"
 #include "nibble/quantizer.hpp"
+#include "support/quant_fixtures.hpp"
 #include "support/test_data.hpp"
 
 namespace {
 
 using nibble::ConventionId;
-using nibble::Error;
 using nibble::ErrorCode;
 using nibble::fp16;
 using nibble::QuantConfig;
@@ -27,6 +25,8 @@ using nibble::TensorView;
 namespace fused = nibble::fused;
 namespace gptq = nibble::gptq;
 namespace awq = nibble::awq;
+using nibble::testing::expect_error;
+using nibble::testing::same_bytes;
 
 template <class ScaleT>
 QuantTensor<ScaleT> quantized(int64_t rows, int64_t k, const QuantConfig& config, uint32_t seed) {
@@ -41,18 +41,9 @@ std::vector<const T*> list_of(const T* first, Rest... rest) {
   return {first, rest...};
 }
 
-template <class T>
-bool same_bytes(const std::vector<T>& a, const std::vector<T>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
-}
-
 template <class ScaleT>
 void expect_same(const QuantTensor<ScaleT>& a, const QuantTensor<ScaleT>& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  EXPECT_TRUE(a.config() == b.config());
-  EXPECT_EQ(a.qweight(), b.qweight());
-  EXPECT_EQ(a.zeros(), b.zeros());
-  EXPECT_TRUE(same_bytes(a.scales(), b.scales()));
+  nibble::testing::expect_same_tensor(a, b);
 }
 
 template <class ScaleT>
@@ -78,20 +69,6 @@ void expect_same(const awq::Checkpoint<ScaleT>& a, const awq::Checkpoint<ScaleT>
   EXPECT_EQ(a.qweight, b.qweight);
   EXPECT_EQ(a.qzeros, b.qzeros);
   EXPECT_TRUE(same_bytes(a.scales, b.scales));
-}
-
-void expect_error(const std::function<void()>& call, ErrorCode code,
-                  const std::vector<std::string>& fragments) {
-  try {
-    call();
-    ADD_FAILURE() << "no Error; expected one containing \"" << fragments.front() << "\"";
-  } catch (const Error& error) {
-    EXPECT_EQ(error.code(), code) << error.what();
-    for (const std::string& fragment : fragments) {
-      EXPECT_NE(std::string(error.what()).find(fragment), std::string::npos)
-          << "message \"" << error.what() << "\" lacks \"" << fragment << "\"";
-    }
-  }
 }
 
 // GQA qkv: q 64, k 16, v 16 outputs; gate_up: 48 + 48.

@@ -170,6 +170,30 @@ TEST(Gptq, GroupIndexFollowsTheActOrder) {
                   .g_idx.empty());
 }
 
+TEST(Gptq, NumThreadsHoldsForTheCallOnly) {
+  const int64_t n = 8, k = 64, tokens = 100;
+  const std::vector<float> x = activations(tokens, k, 9);
+  const std::vector<float> w = nibble::testing::gaussian(n * k, 10);
+  const GptqHessian hessian = hessian_of(x, tokens, k);
+  GptqOptions options;
+  const auto quantize = [&] {
+    return nibble::gptq_quantize<float>(TensorView<const float>(w.data(), {n, k}), {4, 32, false},
+                                        {hessian}, options);
+  };
+  const GptqResult<float> reference = quantize();
+  const int eigen_threads = Eigen::nbThreads();
+  options.num_threads = eigen_threads + 2;
+  const GptqResult<float> threaded = quantize();
+  EXPECT_EQ(Eigen::nbThreads(), eigen_threads);  // Eigen's count is back
+  EXPECT_EQ(threaded.tensor.qweight(), reference.tensor.qweight());
+  EXPECT_EQ(threaded.tensor.zeros(), reference.tensor.zeros());
+  // An application's own Eigen count is kept too.
+  Eigen::setNbThreads(3);
+  quantize();
+  EXPECT_EQ(Eigen::nbThreads(), 3);
+  Eigen::setNbThreads(0);  // back to following OpenMP
+}
+
 TEST(Gptq, RankThreeIsEachExpertWithItsOwnHessian) {
   const int64_t experts = 3, n = 6, k = 40, tokens = 90;
   const std::vector<float> w = nibble::testing::gaussian(experts * n * k, 7);

@@ -8,21 +8,18 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
-#include <cstring>
-#include <functional>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "nibble/formats/gptq.hpp"
 #include "nibble/quantizer.hpp"
 #include "nibble/solvers/gptq.hpp"
+#include "support/quant_fixtures.hpp"
 #include "support/test_data.hpp"
 
 namespace {
 
 using nibble::ConventionId;
-using nibble::Error;
 using nibble::ErrorCode;
 using nibble::fp16;
 using nibble::QuantConfig;
@@ -31,57 +28,11 @@ using nibble::Shape;
 using nibble::TensorView;
 namespace gptq = nibble::gptq;
 using gptq::ZeroFormat;
-
-uint32_t word_bits(int32_t word) {
-  return static_cast<uint32_t>(word);  // modular: the bit pattern
-}
-
-// A canonical [n, k] tensor with code(n, k), zero(n, g) and scale(n, g) given by functions (pad
-// slots of the zero-point bytes 0, as the olive convention writes them).
-template <class ScaleT>
-QuantTensor<ScaleT> make_tensor(int64_t n_outputs, int64_t k, const QuantConfig& config,
-                                const std::function<int(int64_t, int64_t)>& code,
-                                const std::function<int(int64_t, int64_t)>& zero,
-                                const std::function<float(int64_t, int64_t)>& scale) {
-  QuantTensor<ScaleT> t(Shape{n_outputs, k}, config);
-  const nibble::RowLayout& layout = t.layout();
-  const int64_t zero_slots = layout.zero_row_bytes * (8 / config.bits);
-  std::vector<uint8_t> codes(static_cast<std::size_t>(layout.padded_k), 0);
-  std::vector<uint8_t> zeros(static_cast<std::size_t>(zero_slots), 0);
-  for (int64_t n = 0; n < n_outputs; ++n) {
-    for (int64_t col = 0; col < k; ++col)
-      codes[static_cast<std::size_t>(col)] = static_cast<uint8_t>(code(n, col));
-    for (int64_t g = 0; g < layout.n_groups; ++g) {
-      zeros[static_cast<std::size_t>(g)] = static_cast<uint8_t>(zero(n, g));
-      t.scales()[static_cast<std::size_t>(n * layout.n_groups + g)] =
-          nibble::from_float<ScaleT>(scale(n, g));
-    }
-    t.view().dispatch_bits([&](auto packing) {
-      using P = decltype(packing);
-      P::pack_row(codes.data(), layout.padded_k, t.qweight().data() + n * layout.packed_row_bytes);
-      if (!config.symmetric) {
-        P::pack_row(zeros.data(), zero_slots, t.zeros().data() + n * layout.zero_row_bytes);
-      }
-      return 0;
-    });
-  }
-  return t;
-}
-
-// Random codes 0..maxq, zero points min_zero..maxq, Gaussian scales.
-template <class ScaleT>
-QuantTensor<ScaleT> random_tensor(int64_t n_outputs, int64_t k, const QuantConfig& config,
-                                  uint32_t seed, int min_zero) {
-  std::mt19937 random(seed);
-  const int maxq = (1 << config.bits) - 1;
-  std::uniform_int_distribution<int> code_dist(0, maxq);
-  std::uniform_int_distribution<int> zero_dist(min_zero, maxq);
-  std::normal_distribution<float> scale_dist(0.0f, 0.05f);
-  return make_tensor<ScaleT>(
-      n_outputs, k, config, [&](int64_t, int64_t) { return code_dist(random); },
-      [&](int64_t, int64_t) { return zero_dist(random); },
-      [&](int64_t, int64_t) { return scale_dist(random); });
-}
+using nibble::testing::expect_error;
+using nibble::testing::expect_same_tensor;
+using nibble::testing::make_tensor;
+using nibble::testing::random_tensor;
+using nibble::testing::word_bits;
 
 // The checkpoint's weights [N, K] (row n, column k), from the words by the published formula.
 template <class ScaleT>
@@ -106,28 +57,6 @@ std::vector<float> dequantize_checkpoint(const gptq::Checkpoint<ScaleT>& c) {
     }
   }
   return out;
-}
-
-template <class ScaleT>
-void expect_same_tensor(const QuantTensor<ScaleT>& a, const QuantTensor<ScaleT>& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  EXPECT_TRUE(a.config() == b.config());
-  EXPECT_EQ(a.qweight(), b.qweight());
-  EXPECT_EQ(a.zeros(), b.zeros());
-  ASSERT_EQ(a.scales().size(), b.scales().size());
-  EXPECT_EQ(0,
-            std::memcmp(a.scales().data(), b.scales().data(), a.scales().size() * sizeof(ScaleT)));
-}
-
-void expect_error(const std::function<void()>& call, ErrorCode code, const std::string& fragment) {
-  try {
-    call();
-    ADD_FAILURE() << "no Error; expected one containing \"" << fragment << "\"";
-  } catch (const Error& error) {
-    EXPECT_EQ(error.code(), code) << error.what();
-    EXPECT_NE(std::string(error.what()).find(fragment), std::string::npos)
-        << "message \"" << error.what() << "\" lacks \"" << fragment << "\"";
-  }
 }
 
 // ---- hand-derived words ------------------------------------------------------------------------

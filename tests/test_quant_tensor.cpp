@@ -46,6 +46,42 @@ TEST(QuantTensor, SizesFollowTheCanonicalLayout) {
   EXPECT_EQ(padded.storage_bytes(), 8 + 2 * 4 + 2);
 }
 
+TEST(QuantTensor, PackRowWritesCodesZerosAndTheirPads) {
+  // K = 20, G = 8: 3 groups, padded_k = 24; 4 bits: 2 zero-point bytes, 4 slots (1 unused).
+  std::vector<uint8_t> codes(24, 0xAA);  // the pads [20, 24) are overwritten
+  for (int col = 0; col < 20; ++col)
+    codes[static_cast<std::size_t>(col)] = static_cast<uint8_t>(col % 16);
+  const std::vector<uint8_t> zero_points_in{3, 9, 5, 0xAA};
+  for (auto convention : {nibble::ConventionId::olive, nibble::ConventionId::ort}) {
+    QuantTensor<float> t(Shape{2, 20}, QuantConfig{4, 8, false, convention});
+    EXPECT_EQ(t.zero_slots(), 4);
+    const uint8_t pad = convention == nibble::ConventionId::ort ? 8 : 0;  // ZeroPointPad::mid
+    EXPECT_EQ(t.zero_point_pad(), pad);
+    std::vector<uint8_t> row_codes = codes;
+    std::vector<uint8_t> zero_points = zero_points_in;
+    t.pack_row(1, row_codes.data(), zero_points.data());
+    const auto view = t.view();
+    for (int col = 0; col < 24; ++col) {
+      EXPECT_EQ(nibble::BitPacking<4>::code_at(view.qweight_row(1), col), col < 20 ? col % 16 : 5)
+          << col;  // pad codes: the last group's zero point
+    }
+    EXPECT_EQ(t.zeros()[2], 3 | (9 << 4));
+    EXPECT_EQ(t.zeros()[3], 5 | (pad << 4));
+    EXPECT_EQ(t.qweight()[0], 0);  // row 0 untouched
+    // An explicit pad overrides the convention's.
+    zero_points = zero_points_in;
+    t.pack_row(0, row_codes.data(), zero_points.data(), /*zero_pad=*/0);
+    EXPECT_EQ(t.zeros()[1], 5);
+  }
+  // Symmetric: codes only (the pad codes still take the last group's zero point).
+  QuantTensor<float> sym(Shape{1, 20}, QuantConfig{4, 8, true});
+  std::vector<uint8_t> row_codes = codes;
+  std::vector<uint8_t> zero_points{8, 8, 8, 0};
+  sym.pack_row(0, row_codes.data(), zero_points.data());
+  EXPECT_EQ(nibble::BitPacking<4>::code_at(sym.qweight().data(), 23), 8);
+  EXPECT_TRUE(sym.zeros().empty());
+}
+
 TEST(QuantTensor, RejectsShapesWhoseBuffersCannotBeAddressed) {
   // A group far larger than K pads each row to 2^62 codes: 2^65 bits per row.
   error_of(

@@ -74,6 +74,54 @@ TEST(DequantizeRef, EvaluatesTheFormulaOnEveryRealElement) {
   }
 }
 
+TEST(DequantizeRef, GroupMapPicksEachColumnsGroup) {
+  // 2 maps of K = 20 for [2, 3, 20] weights: rows 0-2 use map 0, rows 3-5 map 1.
+  const Shape shape{2, 3, 20};
+  const std::vector<float> weights = nibble::testing::gaussian(shape.numel(), 21);
+  for (bool symmetric : {false, true}) {
+    const auto q = quantize(weights, shape, QuantConfig{4, 8, symmetric});
+    const auto view = q.view();
+    const int64_t k = 20, n_groups = q.layout().n_groups;  // 3
+    std::vector<int32_t> canonical(static_cast<std::size_t>(2 * k));
+    std::vector<int32_t> scrambled(canonical.size());
+    for (int64_t i = 0; i < 2 * k; ++i) {
+      canonical[static_cast<std::size_t>(i)] = static_cast<int32_t>((i % k) / 8);
+      scrambled[static_cast<std::size_t>(i)] = static_cast<int32_t>((i * 7 + i / k) % n_groups);
+    }
+    // The map j -> j / G is the default.
+    EXPECT_EQ(nibble::dequantize_ref(view, TensorView<const int32_t>(canonical.data(), {2, k})),
+              nibble::dequantize_ref(view));
+    EXPECT_EQ(nibble::dequantize_ref(view, TensorView<const int32_t>(canonical.data(), {k})),
+              nibble::dequantize_ref(view));
+    const std::vector<float> mapped =
+        nibble::dequantize_ref(view, TensorView<const int32_t>(scrambled.data(), {2, k}));
+    for (int64_t row = 0; row < view.rows(); ++row) {
+      for (int64_t col = 0; col < k; ++col) {
+        const int64_t group = scrambled[static_cast<std::size_t>((row / 3) * k + col)];
+        const float expected =
+            static_cast<float>(view.code(row, col) - view.zero_point(row, group)) *
+            view.scale(row, group);
+        ASSERT_EQ(mapped[static_cast<std::size_t>(row * k + col)], expected) << row << "," << col;
+      }
+    }
+    // A map of the wrong shape, or naming a group that does not exist.
+    EXPECT_THROW(nibble::dequantize_ref(view, TensorView<const int32_t>(canonical.data(), {4, 10})),
+                 Error);
+    EXPECT_THROW(nibble::dequantize_ref(view, TensorView<const int32_t>(canonical.data(), {1, 40})),
+                 Error);
+    std::vector<int32_t> bad = canonical;
+    bad[5] = static_cast<int32_t>(n_groups);
+    try {
+      nibble::dequantize_ref(view, TensorView<const int32_t>(bad.data(), {2, k}));
+      ADD_FAILURE() << "no error";
+    } catch (const Error& error) {
+      EXPECT_EQ(error.code(), ErrorCode::invalid_argument);
+      EXPECT_NE(std::string(error.what()).find("group_map[0, 5] = 3"), std::string::npos)
+          << error.what();
+    }
+  }
+}
+
 struct GemmCase {
   int64_t m, n, k;
   QuantConfig config;

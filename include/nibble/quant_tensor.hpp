@@ -173,6 +173,46 @@ class QuantTensor {
   std::vector<uint8_t>& zeros() { return zeros_; }  // empty when symmetric
   const std::vector<uint8_t>& zeros() const { return zeros_; }
 
+  // Zero-point slots of one row, zero_row_bytes * (8 / bits): the n_groups real ones, then the
+  // unused slots of the last byte.
+  int64_t zero_slots() const { return layout_.zero_row_bytes * (8 / config_.bits); }
+
+  // What the unused zero-point slots hold under the config's convention (ZeroPointPad): 0, or
+  // the code 2^(bits-1).
+  uint8_t zero_point_pad() const {
+    return config_.convention_of().zero_point_pad == ZeroPointPad::mid
+               ? static_cast<uint8_t>(1u << (config_.bits - 1))
+               : uint8_t{0};
+  }
+
+  // Writes row `row` of qweight (and of zeros unless symmetric) from unpacked codes, the one way
+  // every quantizer fills a canonical row (scales are the caller's):
+  //   codes        [padded_k]: codes [0, K) given; the pad codes [K, padded_k) are set here to
+  //                the last group's zero point, so they dequantize to 0.0 (see "pad codes")
+  //   zero_points  [zero_slots()]: group g's zero point at g, given also when symmetric (the last
+  //                one is the pad code); the slots [n_groups, zero_slots()) are set here to
+  //                `zero_pad`
+  // Both buffers are the caller's scratch: the call writes the pads into them.
+  void pack_row(int64_t row, uint8_t* codes, uint8_t* zero_points, uint8_t zero_pad) {
+    const uint8_t last_zero = zero_points[layout_.n_groups - 1];
+    for (int64_t col = layout_.k; col < layout_.padded_k; ++col)
+      codes[col] = last_zero;
+    const int64_t slots = zero_slots();
+    for (int64_t slot = layout_.n_groups; slot < slots; ++slot)
+      zero_points[slot] = zero_pad;
+    with_bit_packing(config_.bits, [&](auto packing) {
+      using Packing = decltype(packing);
+      Packing::pack_row(codes, layout_.padded_k, qweight_.data() + row * layout_.packed_row_bytes);
+      if (!config_.symmetric) {
+        Packing::pack_row(zero_points, slots, zeros_.data() + row * layout_.zero_row_bytes);
+      }
+    });
+  }
+  // As above with the convention's pad (zero_point_pad()).
+  void pack_row(int64_t row, uint8_t* codes, uint8_t* zero_points) {
+    pack_row(row, codes, zero_points, zero_point_pad());
+  }
+
   QuantTensorView<ScaleT> view() const {
     return QuantTensorView<ScaleT>(
         shape_, config_, qweight_.data(), static_cast<int64_t>(qweight_.size()), scales_.data(),

@@ -61,6 +61,31 @@ inline std::string format_index(const Shape& shape, int64_t row, int64_t col) {
   return format_dims(index);
 }
 
+// Rejects a negative thread count, naming the options struct ("QuantizeOptions", ...).
+inline void check_num_threads(const char* options_name, int num_threads) {
+  if (num_threads < 0) {
+    fail(ErrorCode::invalid_argument, options_name, ".num_threads = ", num_threads,
+         " (expected >= 0; 0 uses OpenMP's default)");
+  }
+}
+
+// Throws ErrorCode::non_finite for the first NaN / Inf of weights [..., K], naming it:
+// "<who>: weights[i0, ..., k] = nan (shape [...]); <remedy>". The one check every entry point that
+// rejects non-finite weights runs (RTN, k-quant, GPTQ, the calibration searches).
+template <class W>
+void check_finite_weights(const TensorView<const W>& weights, const char* who, const char* remedy) {
+  for (int64_t row = 0; row < weights.rows(); ++row) {
+    const W* values = weights.row(row);
+    for (int64_t col = 0; col < weights.cols(); ++col) {
+      const float value = to_float(values[col]);  // exact for every W
+      if (!std::isfinite(value)) {
+        fail(ErrorCode::non_finite, who, ": weights", format_index(weights.shape(), row, col),
+             " = ", value, " (shape ", weights.shape(), "); ", remedy);
+      }
+    }
+  }
+}
+
 }  // namespace detail
 
 template <int Bits, class ScaleT = float>
@@ -72,11 +97,7 @@ class WeightQuantizer {
   explicit WeightQuantizer(const QuantConfig& config, const QuantizeOptions& options = {})
       : config_(config), options_(options) {
     config_.validate();
-    if (options_.num_threads < 0) {
-      detail::fail(ErrorCode::invalid_argument,
-                   "QuantizeOptions.num_threads = ", options_.num_threads,
-                   " (expected >= 0; 0 uses OpenMP's default)");
-    }
+    detail::check_num_threads("QuantizeOptions", options_.num_threads);
     if (config_.bits != Bits) {
       detail::fail(ErrorCode::invalid_argument, "WeightQuantizer<", Bits,
                    ">: config.bits = ", config_.bits, " (expected ", Bits, ")");
@@ -94,7 +115,12 @@ class WeightQuantizer {
   template <class W>
   QuantTensor<ScaleT> quantize(TensorView<const W> weights) const {
     static_assert(is_float_type_v<W>, "quantize: weights must be float, fp16 or bf16");
-    if (options_.non_finite == NonFinitePolicy::error) check_finite(weights);
+    if (options_.non_finite == NonFinitePolicy::error) {
+      detail::check_finite_weights(weights, "quantize",
+                                   "NaN/Inf weights are rejected by default "
+                                   "(QuantizeOptions::non_finite = "
+                                   "NonFinitePolicy::replace_with_zero quantizes them as 0)");
+    }
     QuantTensor<ScaleT> out(weights.shape(), config_);
     const Convention& convention = config_.convention_of();
     rtn::with_math<W>(convention.range_arithmetic, [&](auto range_math) {
@@ -121,24 +147,6 @@ class WeightQuantizer {
     const float value = to_float(weight);  // exact for every W
     if (policy == NonFinitePolicy::replace_with_zero && !std::isfinite(value)) return 0.0f;
     return value;
-  }
-
-  template <class W>
-  static void check_finite(const TensorView<const W>& weights) {
-    for (int64_t row = 0; row < weights.rows(); ++row) {
-      const W* values = weights.row(row);
-      for (int64_t col = 0; col < weights.cols(); ++col) {
-        const float value = to_float(values[col]);
-        if (!std::isfinite(value)) {
-          detail::fail(ErrorCode::non_finite, "quantize: weights",
-                       detail::format_index(weights.shape(), row, col), " = ", value, " (shape ",
-                       weights.shape(),
-                       "); NaN/Inf weights are rejected by default "
-                       "(QuantizeOptions::non_finite = NonFinitePolicy::replace_with_zero "
-                       "quantizes them as 0)");
-        }
-      }
-    }
   }
 
   // Quantizes every row; rows are independent, so they run in parallel. A row that fails (its
@@ -171,11 +179,7 @@ class WeightQuantizer {
     const NonFinitePolicy policy = options_.non_finite;
     const W* x = weights.row(row);
     std::vector<uint8_t> codes(static_cast<std::size_t>(layout.padded_k));
-    // Zero points fill whole bytes: the slots past n_groups hold the convention's pad code.
-    const int64_t zero_slots = layout.zero_row_bytes * BitPacking<Bits>::kCodesPerByte;
-    std::vector<uint8_t> zero_codes(
-        static_cast<std::size_t>(zero_slots),
-        convention.zero_point_pad == ZeroPointPad::mid ? uint8_t{1u << (Bits - 1)} : uint8_t{0});
+    std::vector<uint8_t> zero_codes(static_cast<std::size_t>(out.zero_slots()));
     ScaleT* scales = out.scales().data() + row * layout.n_groups;
 
     for (int64_t group = 0; group < layout.n_groups; ++group) {
@@ -219,19 +223,10 @@ class WeightQuantizer {
       for (int64_t col = begin; col < end; ++col) {
         codes[static_cast<std::size_t>(col)] = coder.code(value_of(x[col], policy));
       }
-      for (int64_t col = end; col < begin + layout.group_size; ++col) {
-        codes[static_cast<std::size_t>(col)] = static_cast<uint8_t>(params.zero);  // pad: 0.0
-      }
       scales[group] = stored;
       zero_codes[static_cast<std::size_t>(group)] = static_cast<uint8_t>(params.zero);
     }
-
-    BitPacking<Bits>::pack_row(codes.data(), layout.padded_k,
-                               out.qweight().data() + row * layout.packed_row_bytes);
-    if (!symmetric) {
-      BitPacking<Bits>::pack_row(zero_codes.data(), zero_slots,
-                                 out.zeros().data() + row * layout.zero_row_bytes);
-    }
+    out.pack_row(row, codes.data(), zero_codes.data());  // pads: 0.0's code, the convention's
     return true;
   }
 

@@ -250,19 +250,38 @@ inline Calibration check_calibration(const char* who, const Shape& shape,
 template <class W>
 std::vector<float> finite_weights(const char* who, const TensorView<const W>& weights) {
   static_assert(is_float_type_v<W>, "calibration searches: weights must be float, fp16 or bf16");
+  check_finite_weights(weights, who, "expected finite weights");
   std::vector<float> values(static_cast<std::size_t>(weights.numel()));
   for (int64_t row = 0; row < weights.rows(); ++row) {
-    for (int64_t col = 0; col < weights.cols(); ++col) {
-      const float value = to_float(weights.row(row)[col]);
-      if (!std::isfinite(value)) {
-        detail::fail(ErrorCode::non_finite, who, ": weights",
-                     format_index(weights.shape(), row, col), " = ", value, " (shape ",
-                     weights.shape(), "; expected finite weights)");
-      }
-      values[static_cast<std::size_t>(row * weights.cols() + col)] = value;
-    }
+    for (int64_t col = 0; col < weights.cols(); ++col)
+      values[static_cast<std::size_t>(row * weights.cols() + col)] =
+          to_float(weights.row(row)[col]);
   }
   return values;
+}
+
+// What autoclip and awq_search (entry point `who`, options struct `options_name`) check after
+// their own options, in this order: num_threads, that activations are given, the activations
+// (check_calibration, max_tokens as there) and the weights.
+struct SearchInputs {
+  Calibration calibration;
+  std::vector<float> weights;  // [rows * K] as float, finite
+};
+
+template <class W>
+SearchInputs check_search_inputs(const char* who, const char* options_name, int num_threads,
+                                 const TensorView<const W>& weights,
+                                 const std::vector<TensorView<const float>>& activations,
+                                 int64_t max_tokens) {
+  check_num_threads(options_name, num_threads);
+  if (activations.empty()) {
+    fail(ErrorCode::invalid_argument, who,
+         ": no calibration activations (expected at least one [tokens, K] matrix)");
+  }
+  SearchInputs inputs;
+  inputs.calibration = check_calibration(who, weights.shape(), activations, max_tokens);
+  inputs.weights = finite_weights(who, weights);
+  return inputs;
 }
 
 // The dequantized weights of `solver` applied to `weights` (float, `shape`), [rows * K].
@@ -325,18 +344,11 @@ AutoClipResult autoclip(TensorView<const W> weights,
     detail::fail(ErrorCode::invalid_argument, "AutoClipOptions.min_ratio = ", options.min_ratio,
                  " (expected a ratio in (0, 1]; AWQ's is 0.5)");
   }
-  if (options.num_threads < 0) {
-    detail::fail(ErrorCode::invalid_argument, "AutoClipOptions.num_threads = ", options.num_threads,
-                 " (expected >= 0; 0 uses OpenMP's default)");
-  }
-  if (activations.empty()) {
-    detail::fail(ErrorCode::invalid_argument, who,
-                 ": no calibration activations (expected at least one [tokens, K] matrix)");
-  }
   const Shape& shape = weights.shape();
-  const detail::Calibration calibration =
-      detail::check_calibration(who, shape, activations, options.max_tokens);
-  const std::vector<float> original = detail::finite_weights(who, weights);
+  const detail::SearchInputs inputs = detail::check_search_inputs(
+      who, "AutoClipOptions", options.num_threads, weights, activations, options.max_tokens);
+  const detail::Calibration& calibration = inputs.calibration;
+  const std::vector<float>& original = inputs.weights;
 
   const int64_t rows = shape.rows();
   const int64_t k = shape.last();

@@ -93,18 +93,11 @@ AwqResult awq_search(TensorView<const W> weights,
     detail::fail(ErrorCode::invalid_argument, "AwqOptions.grid = ", options.grid,
                  " (expected >= 1 alphas; llm-awq's n_grid is 20)");
   }
-  if (options.num_threads < 0) {
-    detail::fail(ErrorCode::invalid_argument, "AwqOptions.num_threads = ", options.num_threads,
-                 " (expected >= 0; 0 uses OpenMP's default)");
-  }
-  if (activations.empty()) {
-    detail::fail(ErrorCode::invalid_argument, who,
-                 ": no calibration activations (expected at least one [tokens, K] matrix)");
-  }
   const Shape& shape = weights.shape();
-  const detail::Calibration calibration =
-      detail::check_calibration(who, shape, activations, /*max_tokens=*/0);
-  const std::vector<float> original = detail::finite_weights(who, weights);
+  const detail::SearchInputs inputs = detail::check_search_inputs(
+      who, "AwqOptions", options.num_threads, weights, activations, /*max_tokens=*/0);
+  const detail::Calibration& calibration = inputs.calibration;
+  const std::vector<float>& original = inputs.weights;
 
   const int64_t rows = shape.rows();
   const int64_t k = shape.last();

@@ -121,7 +121,8 @@ struct GptqOptions {
   bool static_groups = false;  // group parameters from the original weights (act_order keeps
                                // groups contiguous; g_idx stays trivial)
   bool fp64 = false;           // double instead of float throughout
-  int num_threads = 0;         // Eigen's threads for the GEMMs; 0 = its default
+  int num_threads = 0;         // threads of the sweep and of Eigen's GEMMs, for this call only
+                               // (see ScopedEigenThreads); 0 = OpenMP's / Eigen's default
 };
 
 template <class ScaleT>
@@ -174,6 +175,43 @@ void find_params(int64_t row_begin, int64_t row_end, int64_t column_count, int b
     zero[r] = symmetric ? (maxq + 1) / 2 : rtn::round_half_to_even(-low / scale[r]);
   }
 }
+
+// Scopes GptqOptions::num_threads to one gptq_quantize call. Eigen's products run on
+// Eigen::nbThreads() threads: the process-wide count of Eigen::setNbThreads when one is set, else
+// omp_get_max_threads(), the calling thread's own OpenMP count. So the guard sets that per-thread
+// OpenMP count, which touches no state another thread sees; only if the application has set an
+// Eigen count of its own (which the OpenMP count then does not reach) does it set Eigen's
+// process-wide count instead. Both are restored to what they were when the guard ends,
+// exceptions included. `threads` <= 0 (Eigen's default) or no OpenMP: nothing changes.
+class ScopedEigenThreads {
+ public:
+  explicit ScopedEigenThreads(int threads) {
+#if defined(_OPENMP)
+    if (threads <= 0 || Eigen::nbThreads() == threads) return;
+    saved_openmp_ = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    if (Eigen::nbThreads() == threads) return;  // Eigen follows this thread's OpenMP count
+    omp_set_num_threads(saved_openmp_);
+    saved_openmp_ = 0;
+    saved_eigen_ = Eigen::nbThreads();
+    Eigen::setNbThreads(threads);
+#else
+    (void)threads;
+#endif
+  }
+  ~ScopedEigenThreads() {
+#if defined(_OPENMP)
+    if (saved_openmp_ > 0) omp_set_num_threads(saved_openmp_);
+    if (saved_eigen_ > 0) Eigen::setNbThreads(saved_eigen_);
+#endif
+  }
+  ScopedEigenThreads(const ScopedEigenThreads&) = delete;
+  ScopedEigenThreads& operator=(const ScopedEigenThreads&) = delete;
+
+ private:
+  int saved_openmp_ = 0;  // > 0: the OpenMP count to restore
+  int saved_eigen_ = 0;   // > 0: the Eigen count to restore
+};
 
 template <class Scalar>
 Scalar quantize_code(Scalar w, Scalar scale, Scalar zero, Scalar maxq) {
@@ -364,17 +402,11 @@ void gptq_rows(const TensorView<const W>& weights, int64_t row_begin, int64_t ro
   result.sweep_seconds += seconds_since(sweep_start);
   result.loss += loss;
 
-  // Into the canonical layout: pad codes = the last group's zero point.
-  const int64_t zero_slots = layout.zero_row_bytes * (8 / bits);
-  std::vector<uint8_t> zero_codes(static_cast<std::size_t>(zero_slots));
+  // Into the canonical layout (pad codes: the last group's zero point). The unused zero-point
+  // slots stay 0 under every convention, as gptq_rows has always written them.
+  std::vector<uint8_t> zero_codes(static_cast<std::size_t>(out.zero_slots()));
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t row = row_begin + r;
-    uint8_t* row_codes = codes.data() + r * layout.padded_k;
-    for (int64_t j = k; j < layout.padded_k; ++j) {
-      row_codes[j] = static_cast<uint8_t>(
-          zeros[static_cast<std::size_t>(r * layout.n_groups + layout.n_groups - 1)]);
-    }
-    std::fill(zero_codes.begin(), zero_codes.end(), uint8_t{0});
     for (int64_t g = 0; g < layout.n_groups; ++g) {
       const Scalar scale = scales[static_cast<std::size_t>(r * layout.n_groups + g)];
       const ScaleT stored = rtn::store_scale<ScaleT>(scale);
@@ -386,16 +418,7 @@ void gptq_rows(const TensorView<const W>& weights, int64_t row_begin, int64_t ro
       zero_codes[static_cast<std::size_t>(g)] =
           static_cast<uint8_t>(zeros[static_cast<std::size_t>(r * layout.n_groups + g)]);
     }
-    const auto pack = [&](auto packing) {
-      using Packing = decltype(packing);
-      Packing::pack_row(row_codes, layout.padded_k,
-                        out.qweight().data() + row * layout.packed_row_bytes);
-      if (!symmetric) {
-        Packing::pack_row(zero_codes.data(), zero_slots,
-                          out.zeros().data() + row * layout.zero_row_bytes);
-      }
-    };
-    with_bit_packing(bits, pack);
+    out.pack_row(row, codes.data() + r * layout.padded_k, zero_codes.data(), /*zero_pad=*/0);
   }
 }
 
@@ -436,23 +459,14 @@ GptqResult<ScaleT> gptq_quantize(TensorView<const W> weights, const QuantConfig&
     detail::fail(ErrorCode::invalid_argument, "GptqOptions.block_size = ", options.block_size,
                  " (expected >= 1, e.g. 128)");
   }
-  for (int64_t row = 0; row < rows; ++row) {
-    for (int64_t col = 0; col < k; ++col) {
-      const float value = to_float(weights.row(row)[col]);
-      if (!std::isfinite(value)) {
-        detail::fail(ErrorCode::non_finite, "gptq_quantize: weights",
-                     detail::format_index(shape, row, col), " = ", value, " (shape ", shape,
-                     "); GPTQ needs finite weights");
-      }
-    }
-  }
+  detail::check_finite_weights(weights, "gptq_quantize", "GPTQ needs finite weights");
 
   GptqResult<ScaleT> result{QuantTensor<ScaleT>(shape, config), {}, 0, 0, 0, 0};
   // One group per row (per-channel, or G >= K) cannot change membership.
   const bool membership_changes =
       options.act_order && !options.static_groups && result.tensor.layout().n_groups > 1;
   std::vector<int32_t> g_idx(membership_changes ? static_cast<std::size_t>(leading * k) : 0);
-  if (options.num_threads > 0) Eigen::setNbThreads(options.num_threads);
+  const gptq_detail::ScopedEigenThreads eigen_threads(options.num_threads);  // this call only
   for (int64_t e = 0; e < leading; ++e) {
     const GptqHessian& hessian =
         hessians.size() == 1 ? hessians[0] : hessians[static_cast<std::size_t>(e)];
@@ -480,40 +494,13 @@ GptqResult<ScaleT> gptq_quantize(TensorView<W> weights, const QuantConfig& confi
 // index e in group g_idx[e * K + j] (or j / G when g_idx is empty).
 template <class ScaleT>
 std::vector<float> dequantize_gptq(const GptqResult<ScaleT>& result) {
-  const QuantTensor<ScaleT>& tensor = result.tensor;
-  if (result.g_idx.empty()) return dequantize_ref(tensor.view());
-  const RowLayout& layout = tensor.layout();
-  const Shape& shape = tensor.shape();
-  const int64_t k = shape.last();
-  const int64_t rows = shape.rows();
-  const int64_t rows_per_index = shape.rank() >= 2 ? shape[shape.rank() - 2] : 1;
-  const int bits = tensor.config().bits;
-  const int mid = 1 << (bits - 1);
-  std::vector<float> out(static_cast<std::size_t>(rows * k));
-  std::vector<uint8_t> codes(static_cast<std::size_t>(layout.padded_k));
-  std::vector<uint8_t> zero_codes(static_cast<std::size_t>(layout.zero_row_bytes * (8 / bits)));
-  for (int64_t row = 0; row < rows; ++row) {
-    const auto unpack = [&](auto packing) {
-      using Packing = decltype(packing);
-      Packing::unpack_row(tensor.qweight().data() + row * layout.packed_row_bytes, layout.padded_k,
-                          codes.data());
-      if (!tensor.config().symmetric) {
-        Packing::unpack_row(tensor.zeros().data() + row * layout.zero_row_bytes,
-                            static_cast<int64_t>(zero_codes.size()), zero_codes.data());
-      }
-    };
-    with_bit_packing(bits, unpack);
-    const int32_t* groups = result.g_idx.data() + (row / rows_per_index) * k;
-    for (int64_t j = 0; j < k; ++j) {
-      const int64_t g = groups[j];
-      const float scale =
-          to_float(tensor.scales()[static_cast<std::size_t>(row * layout.n_groups + g)]);
-      const int zero = tensor.config().symmetric ? mid : zero_codes[static_cast<std::size_t>(g)];
-      out[static_cast<std::size_t>(row * k + j)] =
-          static_cast<float>(codes[static_cast<std::size_t>(j)] - zero) * scale;
-    }
-  }
-  return out;
+  const QuantTensorView<ScaleT> view = result.tensor.view();
+  if (result.g_idx.empty()) return dequantize_ref(view);
+  const int64_t k = view.k();
+  return dequantize_ref(
+      view,
+      TensorView<const int32_t>(result.g_idx.data(),
+                                Shape{static_cast<int64_t>(result.g_idx.size()) / k, k}, "g_idx"));
 }
 
 }  // namespace nibble

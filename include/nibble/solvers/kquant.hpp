@@ -340,10 +340,7 @@ QuantTensor<ScaleT> kquant_quantize(TensorView<const W> weights, const QuantConf
   static_assert(is_float_type_v<W>, "kquant_quantize: weights must be float, fp16 or bf16");
   static_assert(is_float_type_v<ScaleT>, "kquant_quantize: ScaleT must be float, fp16 or bf16");
   config.validate();
-  if (options.num_threads < 0) {
-    detail::fail(ErrorCode::invalid_argument, "KQuantOptions.num_threads = ", options.num_threads,
-                 " (expected >= 0; 0 uses OpenMP's default)");
-  }
+  detail::check_num_threads("KQuantOptions", options.num_threads);
   if (options.variant == KQuantVariant::ort && config.symmetric) {
     detail::fail(ErrorCode::invalid_argument,
                  "k-quant variant \"ort\" is asymmetric only: onnxruntime's k_quant ignores "
@@ -377,17 +374,9 @@ QuantTensor<ScaleT> kquant_quantize(TensorView<const W> weights, const QuantConf
     }
   }
   if (options.non_finite == NonFinitePolicy::error) {
-    for (int64_t row = 0; row < rows; ++row) {
-      for (int64_t col = 0; col < k; ++col) {
-        const float value = to_float(weights.row(row)[col]);
-        if (!std::isfinite(value)) {
-          detail::fail(ErrorCode::non_finite, "kquant_quantize: weights",
-                       detail::format_index(shape, row, col), " = ", value, " (shape ", shape,
-                       "); NaN/Inf weights are rejected (KQuantOptions::non_finite = "
-                       "NonFinitePolicy::replace_with_zero quantizes them as 0)");
-        }
-      }
-    }
+    detail::check_finite_weights(weights, "kquant_quantize",
+                                 "NaN/Inf weights are rejected (KQuantOptions::non_finite = "
+                                 "NonFinitePolicy::replace_with_zero quantizes them as 0)");
   }
 
   QuantTensor<ScaleT> out(shape, config);
@@ -397,10 +386,6 @@ QuantTensor<ScaleT> kquant_quantize(TensorView<const W> weights, const QuantConf
   const int mid = 1 << (bits - 1);
   const bool symmetric = config.symmetric;
   const bool ort = options.variant == KQuantVariant::ort;
-  const uint8_t zero_pad = config.convention_of().zero_point_pad == ZeroPointPad::mid
-                               ? static_cast<uint8_t>(mid)
-                               : uint8_t{0};
-  const int64_t zero_slots = layout.zero_row_bytes * (8 / bits);
   std::vector<uint8_t> row_failed(static_cast<std::size_t>(rows), 0);
 
   // One row; false if a group's scale does not fit ScaleT (then redone serially to throw).
@@ -409,7 +394,7 @@ QuantTensor<ScaleT> kquant_quantize(TensorView<const W> weights, const QuantConf
     std::vector<float> values(static_cast<std::size_t>(g));
     std::vector<float> search_weights(static_cast<std::size_t>(g));
     std::vector<uint8_t> codes(static_cast<std::size_t>(layout.padded_k));
-    std::vector<uint8_t> zero_codes(static_cast<std::size_t>(zero_slots), zero_pad);
+    std::vector<uint8_t> zero_codes(static_cast<std::size_t>(out.zero_slots()));
     kquant::GroupScratch scratch(g);
     const W* x = weights.row(row);
     const float* importance = options.importance.empty()
@@ -478,8 +463,6 @@ QuantTensor<ScaleT> kquant_quantize(TensorView<const W> weights, const QuantConf
               std::isnan(code) ? zero : std::clamp(code, 0.0, static_cast<double>(maxq)));
         }
       }
-      for (int64_t i = count; i < g; ++i)
-        group_codes[i] = static_cast<uint8_t>(zero);  // pad: the code of 0.0
       const ScaleT stored = rtn::store_scale<ScaleT>(scale);
       if (!std::isfinite(scale) || !std::isfinite(to_float(stored))) {
         if (!throw_on_failure) return false;
@@ -491,16 +474,7 @@ QuantTensor<ScaleT> kquant_quantize(TensorView<const W> weights, const QuantConf
       scales[group] = stored;
       zero_codes[static_cast<std::size_t>(group)] = static_cast<uint8_t>(zero);
     }
-    const auto pack = [&](auto packing) {
-      using Packing = decltype(packing);
-      Packing::pack_row(codes.data(), layout.padded_k,
-                        out.qweight().data() + row * layout.packed_row_bytes);
-      if (!symmetric) {
-        Packing::pack_row(zero_codes.data(), zero_slots,
-                          out.zeros().data() + row * layout.zero_row_bytes);
-      }
-    };
-    with_bit_packing(bits, pack);
+    out.pack_row(row, codes.data(), zero_codes.data());  // pads: 0.0's code, the convention's
     return true;
   };
 

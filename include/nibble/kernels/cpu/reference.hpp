@@ -1,6 +1,7 @@
 // Scalar reference kernels: the definitions every fast kernel is tested against.
 //
-//   dequantize_ref  W[rows, K] = (q - z) * s                       (float, real elements only)
+//   dequantize_ref  W[rows, K] = (q - z) * s                       (float, real elements only;
+//                   column j in group j / G, or as a group map says: GPTQ's g_idx)
 //   gemm_ref        Y[M, N] = X[M, K] * dequant(W)[N, K]^T (+ bias[N])
 //   moe_gemm_ref    Y[T, N] = sum_j gate[t, j] * X[t, :] * dequant(W[expert[t, j]])^T
 //
@@ -22,17 +23,30 @@ namespace nibble {
 
 namespace detail {
 
-// Row `row` of W dequantized into out[0, K).
+// Row `row` of W dequantized into out[0, K). `column_groups`: null (column j is in group j / G),
+// or K entries, the group of each column (GPTQ's g_idx).
 template <class Packing, class ScaleT>
-void dequantize_row_ref(const QuantTensorView<ScaleT>& w, Packing, int64_t row, float* out) {
+void dequantize_row_ref(const QuantTensorView<ScaleT>& w, Packing, int64_t row, float* out,
+                        const int32_t* column_groups = nullptr) {
   const RowLayout& layout = w.layout();
   const uint8_t* codes = w.qweight_row(row);
   const uint8_t* zeros = w.zero_row(row);
   const ScaleT* scales = w.scale_row(row);
   const int symmetric_zero = 1 << (w.bits() - 1);
+  const auto zero_of = [&](int64_t group) {
+    return zeros == nullptr ? symmetric_zero : int{Packing::code_at(zeros, group)};
+  };
+  if (column_groups != nullptr) {
+    for (int64_t col = 0; col < layout.k; ++col) {
+      const int64_t group = column_groups[col];
+      out[col] = static_cast<float>(int{Packing::code_at(codes, col)} - zero_of(group)) *
+                 to_float(scales[group]);
+    }
+    return;
+  }
   for (int64_t group = 0; group < layout.n_groups; ++group) {
     const float scale = to_float(scales[group]);
-    const int zero = zeros == nullptr ? symmetric_zero : int{Packing::code_at(zeros, group)};
+    const int zero = zero_of(group);
     const int64_t begin = group * layout.group_size;
     const int64_t end = begin + layout.group_size < layout.k ? begin + layout.group_size : layout.k;
     for (int64_t col = begin; col < end; ++col) {
@@ -57,26 +71,78 @@ void check_gemm_operands(const char* function, const QuantTensorView<ScaleT>& w,
 
 }  // namespace detail
 
-// out [rows, K] (any shape with rows * K elements and last dim K) = dequantized W.
+namespace detail {
+
+// dequantize_ref's body; `group_map` null, or checked as dequantize_ref documents it.
 template <class ScaleT>
-void dequantize_ref(const QuantTensorView<ScaleT>& w, TensorView<float> out) {
+void dequantize_ref_impl(const QuantTensorView<ScaleT>& w, const TensorView<float>& out,
+                         const TensorView<const int32_t>* group_map) {
   if (out.numel() != w.shape().numel() || out.cols() != w.k()) {
-    detail::fail(ErrorCode::shape_mismatch, "dequantize_ref: out has shape ", out.shape(),
-                 " (expected ", w.shape(), ")");
+    fail(ErrorCode::shape_mismatch, "dequantize_ref: out has shape ", out.shape(), " (expected ",
+         w.shape(), ")");
+  }
+  int64_t rows_per_map_row = 0;
+  if (group_map != nullptr) {
+    const int64_t map_rows = group_map->rows();
+    if (group_map->cols() != w.k() || w.rows() % map_rows != 0) {
+      fail(ErrorCode::shape_mismatch, "dequantize_ref: group_map has shape ", group_map->shape(),
+           " (expected [M, K = ", w.k(), "] with M dividing the ", w.rows(), " rows of weights ",
+           w.shape(), ")");
+    }
+    for (int64_t i = 0; i < group_map->numel(); ++i) {
+      const int32_t group = group_map->data()[i];
+      if (group < 0 || group >= w.layout().n_groups) {
+        fail(ErrorCode::invalid_argument, "dequantize_ref: group_map",
+             format_dims(std::vector<int64_t>{i / w.k(), i % w.k()}), " = ", group,
+             " (expected a group in [0, ", w.layout().n_groups, "))");
+      }
+    }
+    rows_per_map_row = w.rows() / map_rows;
   }
   w.dispatch_bits([&](auto packing) {
     for (int64_t row = 0; row < w.rows(); ++row) {
-      detail::dequantize_row_ref(w, packing, row, out.row(row));
+      const int32_t* column_groups =
+          group_map != nullptr ? group_map->row(row / rows_per_map_row) : nullptr;
+      dequantize_row_ref(w, packing, row, out.row(row), column_groups);
     }
   });
 }
 
 template <class ScaleT>
-std::vector<float> dequantize_ref(const QuantTensorView<ScaleT>& w) {
-  detail::checked_bytes(w.shape().numel(), sizeof(float), "dequantized weights");
+std::vector<float> dequantized_ref(const QuantTensorView<ScaleT>& w,
+                                   const TensorView<const int32_t>* group_map) {
+  checked_bytes(w.shape().numel(), sizeof(float), "dequantized weights");
   std::vector<float> out(static_cast<std::size_t>(w.shape().numel()));
-  dequantize_ref(w, TensorView<float>(out.data(), w.shape(), "dequantized"));
+  dequantize_ref_impl(w, TensorView<float>(out.data(), w.shape(), "dequantized"), group_map);
   return out;
+}
+
+}  // namespace detail
+
+// out [rows, K] (any shape with rows * K elements and last dim K) = dequantized W.
+template <class ScaleT>
+void dequantize_ref(const QuantTensorView<ScaleT>& w, TensorView<float> out) {
+  detail::dequantize_ref_impl(w, out, nullptr);
+}
+
+// The same with a group map instead of column j in group j / G: group_map int32 [M, K], M
+// dividing rows, row r of W uses map row r / (rows / M), whose entry j (in [0, n_groups)) is the
+// group of column j. GPTQ's g_idx: [K] shared, or [E, K] for experts [E, N, K].
+template <class ScaleT>
+void dequantize_ref(const QuantTensorView<ScaleT>& w, TensorView<float> out,
+                    TensorView<const int32_t> group_map) {
+  detail::dequantize_ref_impl(w, out, &group_map);
+}
+
+template <class ScaleT>
+std::vector<float> dequantize_ref(const QuantTensorView<ScaleT>& w) {
+  return detail::dequantized_ref(w, nullptr);
+}
+
+template <class ScaleT>
+std::vector<float> dequantize_ref(const QuantTensorView<ScaleT>& w,
+                                  TensorView<const int32_t> group_map) {
+  return detail::dequantized_ref(w, &group_map);
 }
 
 namespace detail {
