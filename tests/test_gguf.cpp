@@ -17,6 +17,8 @@
 #include <vector>
 
 #include "nibble/formats/gguf.hpp"
+#include "nibble/kernels/cpu/reference.hpp"
+#include "nibble/quantizer.hpp"
 #include "support/test_data.hpp"
 
 namespace {
@@ -595,6 +597,200 @@ TEST(GgufVectors, DequantizedValuesEqualGgufPysForEveryType) {
     }
     EXPECT_EQ(mismatches, 0);
   }
+}
+
+// ---- canonical <-> blocks without requantizing -------------------------------------------------
+// Truth: llama.cpp's own dequantizers (dequantize_row_*, bit-exact with gguf-py above) on one side
+// and dequantize_ref on the other: a conversion is lossless iff every value agrees bit for bit.
+
+std::vector<float> dequantize_rows(GgmlType type, const std::vector<uint8_t>& blocks, int64_t rows,
+                                   int64_t k) {
+  std::vector<float> y(static_cast<std::size_t>(rows * k));
+  const int64_t row_bytes = gguf::row_size(type, k);
+  for (int64_t row = 0; row < rows; ++row)
+    gguf::dequantize_row(type, blocks.data() + row * row_bytes, k, y.data() + row * k);
+  return y;
+}
+
+std::vector<uint8_t> quantize_rows(GgmlType type, const std::vector<float>& x, int64_t rows,
+                                   int64_t k) {
+  std::vector<uint8_t> blocks(static_cast<std::size_t>(rows * gguf::row_size(type, k)));
+  const int64_t row_bytes = gguf::row_size(type, k);
+  for (int64_t row = 0; row < rows; ++row)
+    gguf::quantize_row(type, x.data() + row * k, k, blocks.data() + row * row_bytes);
+  return blocks;
+}
+
+void expect_bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (std::size_t i = 0; i < a.size(); ++i)
+    ASSERT_EQ(float_bits(a[i]), float_bits(b[i]))
+        << "element " << i << ": " << a[i] << " vs " << b[i];
+}
+
+TEST(GgufCanonical, LlamaCppBlocksImportAndExportUnchanged) {
+  // Q4_0 and Q8_0 from llama.cpp's quantizers: import, compare values, export, compare bytes.
+  const int64_t rows = 3;
+  const int64_t k = 96;
+  const std::vector<float> x = nibble::testing::gaussian(rows * k, 41);
+  for (GgmlType type : {GgmlType::q4_0, GgmlType::q8_0}) {
+    SCOPED_TRACE(gguf::type_name(type));
+    const std::vector<uint8_t> blocks = quantize_rows(type, x, rows, k);
+    const auto canonical = gguf::from_blocks<nibble::fp16>(
+        blocks.data(), static_cast<int64_t>(blocks.size()), type, nibble::Shape{rows, k});
+    EXPECT_EQ(canonical.config().group_size, 32);
+    EXPECT_TRUE(canonical.config().symmetric);
+    expect_bit_equal(nibble::dequantize_ref(canonical.view()),
+                     dequantize_rows(type, blocks, rows, k));
+    EXPECT_EQ(gguf::to_blocks(canonical.view()), blocks);
+    // Float scales hold the same numbers.
+    const auto wide = gguf::from_blocks<float>(blocks.data(), static_cast<int64_t>(blocks.size()),
+                                               type, nibble::Shape{rows, k});
+    EXPECT_EQ(gguf::to_blocks(wide.view()), blocks);
+  }
+}
+
+TEST(GgufCanonical, NibbleTensorsExportToBlocksWithTheSameValues) {
+  // A tensor quantized by nibble (4-bit sym g32 and 8-bit sym g32, fp16 scales) becomes Q4_0 /
+  // Q8_0 whose llama.cpp dequantization equals nibble's, and comes back byte for byte.
+  const int64_t rows = 4;
+  const int64_t k = 64;
+  const std::vector<float> x = nibble::testing::gaussian(rows * k, 42);
+  const nibble::TensorView<const float> view(x.data(), {rows, k});
+  for (int bits : {4, 8}) {
+    SCOPED_TRACE(bits);
+    const auto q = nibble::quantize<nibble::fp16>(
+        view, nibble::QuantConfig{bits, 32, true, nibble::ConventionId::ort});
+    const GgmlType type = gguf::type_for(q.config());
+    EXPECT_EQ(type, bits == 4 ? GgmlType::q4_0 : GgmlType::q8_0);
+    const std::vector<uint8_t> blocks = gguf::to_blocks(q.view());
+    expect_bit_equal(dequantize_rows(type, blocks, rows, k), nibble::dequantize(q));
+    const auto back =
+        gguf::from_blocks<nibble::fp16>(blocks.data(), static_cast<int64_t>(blocks.size()), type,
+                                        nibble::Shape{rows, k}, nibble::ConventionId::ort);
+    EXPECT_EQ(back.qweight(), q.qweight());
+    EXPECT_EQ(back.scales(), q.scales());
+  }
+}
+
+TEST(GgufCanonical, Q4_1WhereTheMinIsAMultipleOfTheScale) {
+  // Asymmetric 4-bit with scales that are powers of two: -z * s is exact in fp16, so Q4_1 holds
+  // it. Built by hand: row r, group g has scale 2^-(r+g) and zero point (3r + g) % 16.
+  const int64_t rows = 2;
+  const int64_t k = 64;
+  nibble::QuantTensor<nibble::fp16> q(
+      nibble::Shape{rows, k}, nibble::QuantConfig{4, 32, false, nibble::ConventionId::olive});
+  std::vector<uint8_t> codes(static_cast<std::size_t>(k));
+  std::vector<uint8_t> zeros(static_cast<std::size_t>(q.zero_slots()));
+  for (int64_t row = 0; row < rows; ++row) {
+    for (int64_t col = 0; col < k; ++col)
+      codes[static_cast<std::size_t>(col)] = static_cast<uint8_t>((7 * col + row) % 16);
+    for (int64_t g = 0; g < 2; ++g) {
+      zeros[static_cast<std::size_t>(g)] = static_cast<uint8_t>((3 * row + g) % 16);
+      q.scales()[static_cast<std::size_t>(row * 2 + g)] =
+          nibble::from_float<nibble::fp16>(std::ldexp(1.0f, -static_cast<int>(row + g)));
+    }
+    q.pack_row(row, codes.data(), zeros.data());
+  }
+  EXPECT_EQ(gguf::type_for(q.config()), GgmlType::q4_1);
+  const std::vector<uint8_t> blocks = gguf::to_blocks(q.view());
+  expect_bit_equal(dequantize_rows(GgmlType::q4_1, blocks, rows, k), nibble::dequantize(q));
+  const auto back = gguf::from_blocks<nibble::fp16>(
+      blocks.data(), static_cast<int64_t>(blocks.size()), GgmlType::q4_1, nibble::Shape{rows, k});
+  EXPECT_EQ(back.qweight(), q.qweight());
+  EXPECT_EQ(back.zeros(), q.zeros());
+  EXPECT_EQ(back.scales(), q.scales());
+
+  // The general case is not representable, both ways, and the message says which block.
+  const std::vector<float> x = nibble::testing::gaussian(rows * k, 43);
+  const std::vector<uint8_t> llama = quantize_rows(GgmlType::q4_1, x, rows, k);
+  const std::string message = error_message_of([&] {
+    gguf::from_blocks<nibble::fp16>(llama.data(), static_cast<int64_t>(llama.size()),
+                                    GgmlType::q4_1, nibble::Shape{rows, k});
+  });
+  EXPECT_NE(message.find("Q4_1 row 0 block 0: min m = "), std::string::npos) << message;
+  EXPECT_NE(message.find("dequantize instead"), std::string::npos) << message;
+  const auto nibble_asym = nibble::quantize<nibble::fp16>(
+      nibble::TensorView<const float>(x.data(), {rows, k}),
+      nibble::QuantConfig{4, 32, false, nibble::ConventionId::olive});
+  const std::string export_message = error_message_of([&] { gguf::to_blocks(nibble_asym.view()); });
+  EXPECT_NE(export_message.find("min (-zero * scale)"), std::string::npos) << export_message;
+}
+
+TEST(GgufCanonical, Q4_KImportsWhenItsOffsetsAreWholeZeroPoints) {
+  // One super-block built by hand: d = 0.5, dmin = 0.25; sub-block s < 4 has sc = s + 1 and
+  // m = 2 * (s + 1) * z_s with z_s = s + 2, so dmin * m = 0.5 * (s + 1) * z_s = z_s * d * sc;
+  // sub-blocks 4..7 have sc = m = 0 (scale 0, offset 0: zero point 0).
+  gguf::block_q4_K block{};
+  block.d = nibble::from_float<nibble::fp16>(0.5f);
+  block.dmin = nibble::from_float<nibble::fp16>(0.25f);
+  for (int s = 0; s < 4; ++s) {
+    block.scales[s] = static_cast<uint8_t>(s + 1);
+    block.scales[s + 4] = static_cast<uint8_t>(2 * (s + 1) * (s + 2));
+  }
+  for (int i = 0; i < 128; ++i)
+    block.qs[i] = static_cast<uint8_t>((i * 37 + 11) & 0xff);
+  std::vector<uint8_t> bytes(sizeof block);
+  std::memcpy(bytes.data(), &block, sizeof block);
+  const auto canonical = gguf::from_blocks<float>(bytes.data(), static_cast<int64_t>(bytes.size()),
+                                                  GgmlType::q4_K, nibble::Shape{1, 256});
+  expect_bit_equal(nibble::dequantize_ref(canonical.view()),
+                   dequantize_rows(GgmlType::q4_K, bytes, 1, 256));
+  EXPECT_EQ(canonical.view().zero_point(0, 2), 4);
+  // The other way needs requantizing, and says so; llama.cpp's own Q4_K blocks rarely import.
+  EXPECT_EQ(error_code_of([&] {
+              gguf::type_for(nibble::QuantConfig{4, 256, false});
+            }),
+            ErrorCode::unsupported);
+  const std::vector<float> x = nibble::testing::gaussian(256, 44);
+  const std::vector<uint8_t> llama = quantize_rows(GgmlType::q4_K, x, 1, 256);
+  EXPECT_NE(error_message_of([&] {
+              gguf::from_blocks<float>(llama.data(), static_cast<int64_t>(llama.size()),
+                                       GgmlType::q4_K, nibble::Shape{1, 256});
+            }).find("is not an integer multiple (0..15) of the scale"),
+            std::string::npos);
+}
+
+TEST(GgufCanonical, UnrepresentableRequestsAreRefusedSayingWhy) {
+  const std::vector<float> x = nibble::testing::gaussian(2 * 64, 45);
+  const nibble::TensorView<const float> view(x.data(), {2, 64});
+  // Group 64: no block type.
+  const auto g64 = nibble::quantize<nibble::fp16>(view, nibble::QuantConfig{4, 64, true});
+  EXPECT_NE(
+      error_message_of([&] { gguf::to_blocks(g64.view()); }).find("quantize with group_size 32"),
+      std::string::npos);
+  // 2 bits, 8-bit asymmetric: no block type here.
+  EXPECT_EQ(error_code_of([&] {
+              gguf::type_for(nibble::QuantConfig{2, 32, true});
+            }),
+            ErrorCode::unsupported);
+  EXPECT_EQ(error_code_of([&] {
+              gguf::type_for(nibble::QuantConfig{8, 32, false});
+            }),
+            ErrorCode::unsupported);
+  // Float scales that fp16 cannot hold.
+  const auto wide = nibble::quantize<float>(view, nibble::QuantConfig{4, 32, true});
+  EXPECT_NE(error_message_of([&] {
+              gguf::to_blocks(wide.view());
+            }).find("is not exactly representable in fp16"),
+            std::string::npos);
+  // K not whole blocks.
+  const std::vector<float> odd = nibble::testing::gaussian(2 * 48, 46);
+  const auto ragged = nibble::quantize<nibble::fp16>(
+      nibble::TensorView<const float>(odd.data(), {2, 48}), nibble::QuantConfig{4, 32, true});
+  EXPECT_NE(error_message_of([&] { gguf::to_blocks(ragged.view()); }).find("whole blocks"),
+            std::string::npos);
+  // Q6_K has no canonical form; a wrong byte count is an error.
+  std::vector<uint8_t> q6(static_cast<std::size_t>(gguf::row_size(GgmlType::q6_K, 256)));
+  EXPECT_NE(error_message_of([&] {
+              gguf::from_blocks<float>(q6.data(), static_cast<int64_t>(q6.size()), GgmlType::q6_K,
+                                       nibble::Shape{1, 256});
+            }).find("6-bit codes"),
+            std::string::npos);
+  EXPECT_EQ(error_code_of([&] {
+              gguf::from_blocks<float>(q6.data(), 10, GgmlType::q4_0, nibble::Shape{1, 256});
+            }),
+            ErrorCode::buffer_too_small);
 }
 
 }  // namespace

@@ -41,9 +41,12 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "nibble/core/error.hpp"
 #include "nibble/core/float16.hpp"
+#include "nibble/core/quant_config.hpp"
+#include "nibble/quant_tensor.hpp"
 #include "nibble/solvers/kquant.hpp"
 #include "nibble/solvers/rtn.hpp"
 
@@ -652,6 +655,243 @@ inline void dequantize_row(GgmlType type, const void* blocks, int64_t k, float* 
       return dequantize_row_q6_K(blocks, k, y);
   }
   type_info(type);
+}
+
+// ---- canonical <-> blocks, without requantizing
+// ---------------------------------------------------
+//
+// Where a GGUF type and nibble's canonical layout (quant_tensor.hpp: weight = (q - z) * s per
+// group) describe the same numbers, these convert codes and scales as they are, so a tensor
+// quantized once (by any of nibble's solvers, or read from a GPTQ / AWQ / ORT checkpoint) moves
+// between formats with every dequantized value unchanged. Both directions check that the
+// numbers are representable and say which block is not:
+//   Q4_0  = 4-bit symmetric, group 32:  (q - 8) * d, the same 4-bit codes; s = d (fp16).
+//   Q8_0  = 8-bit symmetric, group 32:  qs * d with qs = q - 128 (int8), s = d.
+//   Q4_1  = 4-bit asymmetric, group 32: q * d + m, which is (q - z) * d exactly when
+//           m = -z * d for an integer z in [0, 15]: both products are exact in float (an fp16
+//           times an integer below 16), so both dequantize to the same float.
+//   Q4_K  -> canonical only (4-bit asymmetric, group 32): sub-block scale d * sc and offset
+//           dmin * m (exact float products of an fp16 and a 6-bit integer), representable when
+//           dmin * m = z * d * sc for an integer z in [0, 15]. The other way would need every
+//           group's scale to be a 6-bit multiple of one fp16 per 256 weights: requantize with
+//           quantize_row_q4_K instead (Error(unsupported) says so).
+//   Q6_K  has 6-bit codes: no canonical form (nibble's widths are 2, 4 and 8).
+// A canonical scale must be exactly an fp16 for the block types (float or bf16 ScaleT is
+// checked value by value); K must be a whole number of blocks (rows are not padded).
+
+namespace detail {
+
+// `value` as fp16 if that is exact, else Error(unsupported) naming the place.
+inline fp16 exact_fp16(float value, const char* who, const char* what, int64_t row, int64_t group) {
+  const fp16 half = from_float<fp16>(value);
+  if (!(to_float(half) == value) && !(std::isnan(value) && std::isnan(to_float(half)))) {
+    nibble::detail::fail(ErrorCode::unsupported, who, ": row ", row, " group ", group, " ", what,
+                         " = ", value,
+                         " is not exactly representable in fp16 (GGUF stores fp16; "
+                         "quantize with fp16 scales, or requantize from float)");
+  }
+  return half;
+}
+
+template <class ScaleT>
+ScaleT exact_scale(float value, const char* who, int64_t row, int64_t group) {
+  const ScaleT scale = from_float<ScaleT>(value);
+  if (!(to_float(scale) == value)) {
+    nibble::detail::fail(ErrorCode::unsupported, who, ": row ", row, " group ", group, ": scale ",
+                         value,
+                         " is not exactly representable in the requested scale "
+                         "type (use float scales)");
+  }
+  return scale;
+}
+
+// The canonical form a type maps to, or Error(unsupported).
+inline QuantConfig canonical_config(GgmlType type, ConventionId convention, const char* who) {
+  switch (type) {
+    case GgmlType::q4_0:
+      return QuantConfig{4, QK4_0, true, convention};
+    case GgmlType::q8_0:
+      return QuantConfig{8, QK8_0, true, convention};
+    case GgmlType::q4_1:
+      return QuantConfig{4, QK4_1, false, convention};
+    case GgmlType::q4_K:
+      return QuantConfig{4, 32, false, convention};
+    case GgmlType::q6_K:
+      nibble::detail::fail(ErrorCode::unsupported, who,
+                           ": Q6_K holds 6-bit codes, which the canonical layout (2, 4 or 8 bits) "
+                           "cannot hold; dequantize it (dequantize_row) instead");
+  }
+  type_info(type);  // throws for an id outside the enum
+  return QuantConfig{};
+}
+
+}  // namespace detail
+
+// The GGUF type holding `config`'s numbers, when there is one (Q4_0, Q8_0, Q4_1); else
+// Error(unsupported) saying what would be needed.
+inline GgmlType type_for(const QuantConfig& config) {
+  if (config.group_size != 32) {
+    nibble::detail::fail(ErrorCode::unsupported, "GGUF: group size ", config.group_size,
+                         " has no block type (Q4_0, Q4_1 and Q8_0 blocks hold 32 weights; "
+                         "quantize with group_size 32)");
+  }
+  if (config.bits == 4) return config.symmetric ? GgmlType::q4_0 : GgmlType::q4_1;
+  if (config.bits == 8 && config.symmetric) return GgmlType::q8_0;
+  nibble::detail::fail(ErrorCode::unsupported, "GGUF: ", config.bits, "-bit ",
+                       config.symmetric ? "symmetric" : "asymmetric",
+                       " weights have no block type here (Q4_0: 4-bit symmetric, Q4_1: 4-bit "
+                       "asymmetric, Q8_0: 8-bit symmetric)");
+}
+
+// Canonical [..., N, K] -> GGUF blocks of type_for(w.config()), rows back to back
+// (row_size(type, K) bytes each). Error(unsupported) when a scale or min is not exact in fp16.
+template <class ScaleT>
+std::vector<uint8_t> to_blocks(const QuantTensorView<ScaleT>& w) {
+  const char* who = "gguf::to_blocks";
+  const GgmlType type = type_for(w.config());
+  const int64_t k = w.k();
+  if (k % 32 != 0) {
+    nibble::detail::fail(ErrorCode::unsupported, who, ": K = ", k,
+                         " is not a multiple of the block size 32 (GGUF rows are whole blocks)");
+  }
+  const int64_t row_bytes = row_size(type, k);
+  std::vector<uint8_t> out(static_cast<std::size_t>(w.rows() * row_bytes));
+  const int64_t n_blocks = k / 32;
+  for (int64_t row = 0; row < w.rows(); ++row) {
+    uint8_t* blocks = out.data() + row * row_bytes;
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      const float scale = w.scale(row, b);
+      const fp16 d = detail::exact_fp16(scale, who, "scale", row, b);
+      uint8_t codes[32];
+      for (int j = 0; j < 32; ++j)
+        codes[j] = static_cast<uint8_t>(w.code(row, 32 * b + j));
+      if (type == GgmlType::q8_0) {
+        block_q8_0 block{};
+        block.d = d;
+        // qs = q - 128: the canonical code's offset removed (two's complement int8).
+        for (int j = 0; j < 32; ++j)
+          block.qs[j] = static_cast<int8_t>(int{codes[j]} - 128);
+        std::memcpy(blocks + b * sizeof block, &block, sizeof block);
+      } else if (type == GgmlType::q4_0) {
+        block_q4_0 block{};
+        block.d = d;
+        detail::pack_q4_halves(codes, block.qs);
+        std::memcpy(blocks + b * sizeof block, &block, sizeof block);
+      } else {  // q4_1
+        block_q4_1 block{};
+        block.d = d;
+        const int zero = w.zero_point(row, b);
+        // m = -z * d: exact in float (fp16 mantissa times an integer < 16), then checked in fp16.
+        block.m = detail::exact_fp16(-static_cast<float>(zero) * scale, who, "min (-zero * scale)",
+                                     row, b);
+        detail::pack_q4_halves(codes, block.qs);
+        std::memcpy(blocks + b * sizeof block, &block, sizeof block);
+      }
+    }
+  }
+  return out;
+}
+
+// GGUF blocks of `type` for a tensor of row-major `shape` [..., N, K] -> the canonical tensor
+// with the same dequantized values (see above), scales as ScaleT, `convention` recorded.
+// Error(unsupported) for Q6_K and for blocks that are not representable (naming the block).
+template <class ScaleT = fp16>
+QuantTensor<ScaleT> from_blocks(const void* blocks, int64_t byte_count, GgmlType type,
+                                const Shape& shape, ConventionId convention = ConventionId::olive) {
+  const char* who = "gguf::from_blocks";
+  const QuantConfig config = detail::canonical_config(type, convention, who);
+  const int64_t k = shape.last();
+  const int64_t row_bytes = row_size(type, k);  // throws unless K is whole blocks
+  const int64_t rows = shape.rows();
+  if (blocks == nullptr || byte_count != rows * row_bytes) {
+    nibble::detail::fail(ErrorCode::buffer_too_small, who, ": ", byte_count, " bytes for ",
+                         type_name(type), " ", shape, " (expected ", rows * row_bytes, ")");
+  }
+  QuantTensor<ScaleT> out(shape, config);
+  const RowLayout& layout = out.layout();
+  std::vector<uint8_t> codes(static_cast<std::size_t>(layout.padded_k));
+  std::vector<uint8_t> zeros(static_cast<std::size_t>(out.zero_slots()));
+  const auto* bytes = static_cast<const uint8_t*>(blocks);
+  for (int64_t row = 0; row < rows; ++row) {
+    const uint8_t* row_blocks = bytes + row * row_bytes;
+    ScaleT* scales = out.scales().data() + row * layout.n_groups;
+    if (type == GgmlType::q4_K) {
+      for (int64_t super = 0; super < k / QK_K; ++super) {
+        block_q4_K block;
+        std::memcpy(&block, row_blocks + super * static_cast<int64_t>(sizeof block), sizeof block);
+        const float d = to_float(block.d);
+        const float dmin = to_float(block.dmin);
+        for (int sub = 0; sub < QK_K / 32; ++sub) {
+          uint8_t sc = 0, m = 0;
+          get_scale_min_k4(sub, block.scales, sc, m);
+          const int64_t group = super * (QK_K / 32) + sub;
+          const float scale = d * static_cast<float>(sc);     // exact: fp16 x 6-bit integer
+          const float offset = dmin * static_cast<float>(m);  // weight = scale * q - offset
+          // z = offset / scale must be an integer 0..15 with z * scale == offset exactly.
+          const float zero = scale != 0.0f ? std::nearbyint(offset / scale) : 0.0f;
+          if (!(zero >= 0.0f && zero <= 15.0f && zero * scale == offset)) {
+            nibble::detail::fail(ErrorCode::unsupported, who, ": Q4_K row ", row, " sub-block ",
+                                 group, ": offset dmin * m = ", offset,
+                                 " is not an integer multiple (0..15) of the scale d * sc = ",
+                                 scale, ", so (q - z) * s cannot express it; dequantize instead");
+          }
+          scales[group] = detail::exact_scale<ScaleT>(scale, who, row, group);
+          zeros[static_cast<std::size_t>(group)] = static_cast<uint8_t>(zero);
+          // Codes: chunk c = sub / 2 of 32 bytes; even sub-blocks in the low nibbles.
+          const uint8_t* qs = block.qs + 32 * (sub / 2);
+          for (int l = 0; l < 32; ++l) {
+            codes[static_cast<std::size_t>(group * 32 + l)] =
+                static_cast<uint8_t>(sub % 2 == 0 ? qs[l] & 0x0f : qs[l] >> 4);
+          }
+        }
+      }
+    } else {
+      for (int64_t b = 0; b < k / 32; ++b) {
+        uint8_t* group_codes = codes.data() + b * 32;
+        if (type == GgmlType::q8_0) {
+          block_q8_0 block;
+          std::memcpy(&block, row_blocks + b * static_cast<int64_t>(sizeof block), sizeof block);
+          scales[b] = detail::exact_scale<ScaleT>(to_float(block.d), who, row, b);
+          for (int j = 0; j < 32; ++j)
+            group_codes[j] = static_cast<uint8_t>(block.qs[j] + 128);
+          zeros[static_cast<std::size_t>(b)] = 128;
+        } else {
+          const uint8_t* qs = nullptr;
+          block_q4_0 block0;
+          block_q4_1 block1;
+          if (type == GgmlType::q4_0) {
+            std::memcpy(&block0, row_blocks + b * static_cast<int64_t>(sizeof block0),
+                        sizeof block0);
+            scales[b] = detail::exact_scale<ScaleT>(to_float(block0.d), who, row, b);
+            zeros[static_cast<std::size_t>(b)] = 8;
+            qs = block0.qs;
+          } else {
+            std::memcpy(&block1, row_blocks + b * static_cast<int64_t>(sizeof block1),
+                        sizeof block1);
+            const float d = to_float(block1.d);
+            const float m = to_float(block1.m);
+            const float zero = d != 0.0f ? std::nearbyint(-m / d) : 0.0f;
+            if (!(zero >= 0.0f && zero <= 15.0f && -zero * d == m)) {
+              nibble::detail::fail(ErrorCode::unsupported, who, ": Q4_1 row ", row, " block ", b,
+                                   ": min m = ", m,
+                                   " is not -z * d for an integer z in 0..15 (d = ", d,
+                                   "), so (q - z) * d cannot express it; dequantize instead");
+            }
+            scales[b] = detail::exact_scale<ScaleT>(d, who, row, b);
+            zeros[static_cast<std::size_t>(b)] = static_cast<uint8_t>(zero);
+            qs = block1.qs;
+          }
+          // Byte j: low nibble = weight j, high nibble = weight j + 16 (pack_q4_halves' inverse).
+          for (int j = 0; j < 16; ++j) {
+            group_codes[j] = static_cast<uint8_t>(qs[j] & 0x0f);
+            group_codes[j + 16] = static_cast<uint8_t>(qs[j] >> 4);
+          }
+        }
+      }
+    }
+    out.pack_row(row, codes.data(), zeros.data());
+  }
+  return out;
 }
 
 }  // namespace nibble::gguf
