@@ -4,11 +4,16 @@
 //                (kb % (8/bits)) * bits; missing zero points mean 2^(bits-1).
 //   GatherBlockQuantized INT4/UINT4: element i of the flat C-order tensor in byte i / 2, low
 //                nibble when i is even; zero points likewise over the scales' shape.
+//   GatherBlockQuantized uint8: element (r, c) of data [rows, row_bytes] in byte r * row_bytes +
+//                c / (8/bits) at bit offset (c % (8/bits)) * bits; zero points per row likewise.
+//   Tied embeddings: ORT GenAI's builder feeds Reshape(B, [vocab, hidden * bits / 8]) and lm_head's
+//                scales / zero points to the Gather, so both ops must read one table.
 // Bit-exactness against onnxruntime itself is tested from Python.
 #include <gtest/gtest.h>
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "nibble/formats/ort.hpp"
@@ -167,6 +172,158 @@ TEST(GatherBlockQuantized, Int4DataIsFlatPackedAndSignedWhenSymmetric) {
   EXPECT_THROW(nibble::ort::to_gather_block_quantized_int4(
                    quantize(Shape{3, 64}, QuantConfig{8, 16, true}).view()),
                Error);
+}
+
+// Element (r, c) of uint8 GatherBlockQuantized data by the op's indexing, and a zero point.
+int gather_uint8_code(const nibble::ort::GatherBlockQuantizedInputs<float>& in, int64_t r,
+                      int64_t c) {
+  const int64_t per_byte = 8 / in.bits;
+  const uint8_t byte = in.data[r * in.data_shape[1] + c / per_byte];
+  return (byte >> ((c % per_byte) * in.bits)) & ((1 << in.bits) - 1);
+}
+
+int gather_uint8_zero_point(const nibble::ort::GatherBlockQuantizedInputs<float>& in, int64_t r,
+                            int64_t block) {
+  if (in.zero_points == nullptr) return 1 << (in.bits - 1);
+  const int64_t per_byte = 8 / in.bits;
+  const uint8_t byte = in.zero_points[r * in.zero_points_shape[1] + block / per_byte];
+  return (byte >> ((block % per_byte) * in.bits)) & ((1 << in.bits) - 1);
+}
+
+// Both ops' element (r, c) and zero points equal the table's, by each op's own indexing.
+void expect_both_ops_read_the_table(const nibble::ort::TiedEmbeddingInputs<float>& tied,
+                                    const nibble::QuantTensorView<float>& table) {
+  for (int64_t r = 0; r < table.rows(); ++r) {
+    for (int64_t c = 0; c < table.k(); ++c) {
+      ASSERT_EQ(matmul_nbits_code(tied.lm_head, r, c), table.code(r, c)) << r << "," << c;
+      ASSERT_EQ(gather_uint8_code(tied.embedding, r, c), table.code(r, c)) << r << "," << c;
+    }
+    for (int64_t block = 0; block < table.layout().n_groups; ++block) {
+      ASSERT_EQ(matmul_nbits_zero_point(tied.lm_head, r, block), table.zero_point(r, block));
+      ASSERT_EQ(gather_uint8_zero_point(tied.embedding, r, block), table.zero_point(r, block));
+    }
+  }
+}
+
+TEST(TiedEmbedding, Vocab13xHidden128IsOneSetOfBytesThroughTheBuildersReshape) {
+  for (int bits : {2, 4, 8}) {
+    for (bool symmetric : {false, true}) {
+      SCOPED_TRACE("bits " + std::to_string(bits) + (symmetric ? " sym" : " asym"));
+      const auto table =
+          quantize(Shape{13, 128}, QuantConfig{bits, 32, symmetric, ConventionId::ort_weight_only});
+      const auto tied = nibble::ort::as_tied_embedding(table.view(), /*allow_copy=*/false);
+      EXPECT_EQ(tied.data, nibble::ort::TiedData::reshape);
+      EXPECT_TRUE(tied.shares_codes());
+      EXPECT_TRUE(tied.shares_zero_points());
+      EXPECT_TRUE(tied.data_copy.empty());
+      // The same bytes for everything: B, data; scales; zero points (null for both when symmetric).
+      EXPECT_EQ(tied.embedding.data, tied.lm_head.B);
+      EXPECT_EQ(tied.embedding.data, table.qweight().data());
+      EXPECT_EQ(tied.embedding.scales, tied.lm_head.scales);
+      EXPECT_EQ(tied.embedding.zero_points, tied.lm_head.zero_points);
+      EXPECT_EQ(tied.embedding.zero_points == nullptr, symmetric);
+      // The builder's Reshape: [vocab, hidden * bits / 8], the element count of B.
+      const std::array<int64_t, 2> flat{13, 128 * bits / 8};
+      EXPECT_EQ(tied.reshape_shape, flat);
+      EXPECT_EQ(tied.embedding.data_shape, (std::vector<int64_t>{flat[0], flat[1]}));
+      EXPECT_EQ(tied.lm_head.B_shape[0] * tied.lm_head.B_shape[1] * tied.lm_head.B_shape[2],
+                flat[0] * flat[1]);
+      EXPECT_EQ(tied.embedding.scales_shape,
+                (std::vector<int64_t>{tied.lm_head.scales_shape[0], tied.lm_head.scales_shape[1]}));
+      EXPECT_EQ(tied.embedding.zero_points_shape,
+                (std::vector<int64_t>{tied.lm_head.zero_points_shape[0],
+                                      tied.lm_head.zero_points_shape[1]}));
+      // The builder's attributes: bits and block_size of lm_head, gather_axis 0, quantize_axis 1.
+      EXPECT_EQ(tied.embedding.bits, tied.lm_head.bits);
+      EXPECT_EQ(tied.embedding.block_size, tied.lm_head.block_size);
+      EXPECT_EQ(tied.embedding.gather_axis, 0);
+      EXPECT_EQ(tied.embedding.quantize_axis, 1);
+      expect_both_ops_read_the_table(tied, table.view());
+    }
+  }
+}
+
+TEST(TiedEmbedding, Hidden40Block32CopiesOnlyTheCodesWithoutRowPads) {
+  // 40 codes a row, 64 in B (two blocks of 32): the Reshape's element count would be wrong.
+  for (int bits : {2, 4, 8}) {
+    for (bool symmetric : {false, true}) {
+      SCOPED_TRACE("bits " + std::to_string(bits) + (symmetric ? " sym" : " asym"));
+      const auto table =
+          quantize(Shape{9, 40}, QuantConfig{bits, 32, symmetric, ConventionId::ort});
+      const auto tied = nibble::ort::as_tied_embedding(table.view());
+      EXPECT_EQ(tied.data, nibble::ort::TiedData::unpadded_uint8);
+      EXPECT_FALSE(tied.shares_codes());
+      EXPECT_TRUE(tied.shares_zero_points());
+      EXPECT_EQ(tied.embedding.data, tied.data_copy.data());
+      EXPECT_EQ(tied.data_copy.size(), static_cast<std::size_t>(9 * 40 * bits / 8));
+      EXPECT_EQ(tied.embedding.data_shape, (std::vector<int64_t>{9, 40 * bits / 8}));
+      EXPECT_EQ(tied.embedding.scales, table.scales().data());
+      EXPECT_EQ(tied.embedding.zero_points, tied.lm_head.zero_points);
+      EXPECT_EQ(tied.embedding.scales_shape, (std::vector<int64_t>{9, 2}));
+      EXPECT_EQ(tied.lm_head.B_shape, (std::array<int64_t, 3>{9, 2, 32 * bits / 8}));
+      EXPECT_EQ(tied.lm_head.B, table.qweight().data());  // lm_head itself is never a copy
+      expect_both_ops_read_the_table(tied, table.view());
+    }
+  }
+}
+
+TEST(TiedEmbedding, Hidden45At4BitsIsInt4DataWithSharedScales) {
+  // 45 codes are not whole bytes: ORT's INT4 / UINT4 typed data, flat-packed, is what remains.
+  for (bool symmetric : {false, true}) {
+    const auto table =
+        quantize(Shape{5, 45}, QuantConfig{4, 16, symmetric, ConventionId::ort_gather});
+    const auto tied = nibble::ort::as_tied_embedding(table.view());
+    const auto typed = nibble::ort::to_gather_block_quantized_int4(table.view());
+    EXPECT_EQ(tied.data, nibble::ort::TiedData::int4);
+    EXPECT_EQ(tied.signed_data, symmetric);
+    EXPECT_FALSE(tied.shares_zero_points());
+    EXPECT_EQ(tied.data_copy, typed.data);
+    EXPECT_EQ(tied.zero_points_copy, typed.zero_points);
+    EXPECT_EQ(tied.embedding.data, tied.data_copy.data());
+    EXPECT_EQ(tied.embedding.data_shape, (std::vector<int64_t>{5, 45}));  // elements, not bytes
+    EXPECT_EQ(tied.embedding.scales, tied.lm_head.scales);
+    EXPECT_EQ(tied.embedding.zero_points, symmetric ? nullptr : tied.zero_points_copy.data());
+    EXPECT_EQ(tied.embedding.zero_points_shape, (std::vector<int64_t>{5, 3}));
+  }
+}
+
+TEST(TiedEmbedding, MovingKeepsTheEmbeddingPointingAtItsOwnCopy) {
+  const auto table = quantize(Shape{3, 40}, QuantConfig{8, 16, false});
+  auto tied = nibble::ort::as_tied_embedding(table.view());
+  const uint8_t* data = tied.data_copy.data();
+  const nibble::ort::TiedEmbeddingInputs<float> moved(std::move(tied));
+  EXPECT_EQ(moved.embedding.data, data);
+  EXPECT_EQ(moved.data_copy.data(), data);
+}
+
+TEST(TiedEmbedding, RejectsWhatNeitherFormCanHold) {
+  const auto message_of = [](auto&& call) {
+    try {
+      call();
+    } catch (const Error& error) {
+      EXPECT_EQ(error.code(), ErrorCode::unsupported);
+      return std::string(error.what());
+    }
+    return std::string("no error");
+  };
+  // The builder's form only: a table needing a copy says why the Reshape cannot work.
+  const auto padded = quantize(Shape{4, 40}, QuantConfig{4, 32, true});
+  const std::string reshape_message =
+      message_of([&] { nibble::ort::as_tied_embedding(padded.view(), false); });
+  EXPECT_NE(reshape_message.find("not a multiple of block_size 32"), std::string::npos)
+      << reshape_message;
+  // 2 bits, hidden 45: neither whole bytes per row nor a 4-bit typed layout.
+  const auto two_bit = quantize(Shape{4, 45}, QuantConfig{2, 16, false});
+  const std::string bits_message =
+      message_of([&] { nibble::ort::as_tied_embedding(two_bit.view()); });
+  EXPECT_NE(bits_message.find("not whole bytes per row"), std::string::npos) << bits_message;
+  // Block sizes neither op takes, and tables that are not [vocab, hidden].
+  EXPECT_THROW(
+      nibble::ort::as_tied_embedding(quantize(Shape{4, 96}, QuantConfig{4, 48, true}).view()),
+      Error);
+  EXPECT_THROW(
+      nibble::ort::as_tied_embedding(quantize(Shape{2, 4, 64}, QuantConfig{4, 32, true}).view()),
+      Error);
 }
 
 }  // namespace

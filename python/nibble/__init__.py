@@ -17,6 +17,13 @@ WeightQuantizer), ``"ort"`` (ONNX Runtime's MatMulNBits quantizer), ``"ort_gathe
 GatherBlockQuantized quantizer) and ``"ort_weight_only"`` (the numpy RTN the ONNX Runtime GenAI
 builder runs). Each is bit-exact with its tool; see docs/formats.md.
 
+Converters to and from the other layouts, each a binding of the C++ one: :func:`to_tied_embeddings`
+(one table as ONNX Runtime GenAI's tied embedding + lm_head), :func:`to_gptq` / :func:`from_gptq` /
+:func:`from_gptq_permuted` (GPTQ v1 / v2 int32 checkpoints), :func:`to_awq` / :func:`from_awq`
+(AWQ GEMM), :func:`gguf_quantize` / :func:`gguf_dequantize` (ggml Q4_0, Q4_1, Q8_0, Q4_K, Q6_K
+blocks, as gguf-py's ``gguf.quants`` lays them out) and :func:`fused_merge` / :func:`fused_split`
+(qkv_proj / gate_up_proj).
+
 Arrays go in and out without copies where the layout allows: results of :func:`quantize` own
 C++ buffers, and :func:`to_matmul_nbits` / :func:`to_gather_block_quantized` (uint8) return views
 of a tensor's arrays. fp16 is ``numpy.float16``, bf16 is ``ml_dtypes.bfloat16``. Errors from the
@@ -26,7 +33,7 @@ C++ core arrive as ``ValueError`` (``TypeError`` for wrong types) with the C++ m
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import ml_dtypes
 import numpy as np
@@ -67,6 +74,23 @@ __all__ = [
     "moe_gemm",
     "to_matmul_nbits",
     "to_gather_block_quantized",
+    "TiedEmbeddings",
+    "to_tied_embeddings",
+    "GPTQ_ZERO_FORMATS",
+    "SYMMETRIES",
+    "GptqCheckpoint",
+    "AwqCheckpoint",
+    "to_gptq",
+    "from_gptq",
+    "from_gptq_permuted",
+    "to_awq",
+    "from_awq",
+    "GgufType",
+    "GGUF_TYPES",
+    "gguf_quantize",
+    "gguf_dequantize",
+    "fused_merge",
+    "fused_split",
     "build_info",
 ]
 
@@ -102,6 +126,34 @@ def _dtype_name(dtype: DTypeLike, what: str) -> str:
         return _FLOAT_DTYPES[np.dtype(dtype)]
     except (TypeError, KeyError):
         raise TypeError(f"{what} {dtype!r} is not supported (expected float32, float16 or bfloat16)") from None
+
+
+def _check_convention(convention: str) -> None:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention {convention!r} is unknown (expected one of {', '.join(CONVENTIONS)})")
+
+
+def _quantize_dtypes(weights: np.ndarray, scale_dtype: DTypeLike, convention: str) -> Tuple[str, str]:
+    """(weight dtype name, scale dtype name) of the float weights a quantizer takes (scales default
+    to the weights' dtype, as the tools do); checks the weights and the convention."""
+    _check_array(weights, "weights", list(_FLOAT_DTYPES))
+    weight_dtype = _FLOAT_DTYPES[weights.dtype]
+    _check_convention(convention)
+    return weight_dtype, weight_dtype if scale_dtype is None else _dtype_name(scale_dtype, "scale_dtype")
+
+
+def _replace_non_finite(non_finite: str) -> bool:
+    if non_finite not in ("error", "zero"):
+        raise ValueError(f"non_finite={non_finite!r} (expected 'error' or 'zero')")
+    return non_finite == "zero"
+
+
+def _calibration_list(calibration) -> list:
+    """One float32 calibration array, or a sequence of them, as a list of checked arrays."""
+    batches = [calibration] if isinstance(calibration, np.ndarray) else list(calibration)
+    for batch in batches:
+        _check_array(batch, "calibration", [np.dtype(np.float32)])
+    return batches
 
 
 # ---- the tensor ---------------------------------------------------------------------------------
@@ -148,8 +200,7 @@ class QuantTensor:
         _check_array(scales, "scales", list(_FLOAT_DTYPES))
         if zeros is not None:
             _check_array(zeros, "zeros", [np.dtype(np.uint8)])
-        if config.convention not in CONVENTIONS:
-            raise ValueError(f"convention {config.convention!r} is unknown (expected one of {', '.join(CONVENTIONS)})")
+        _check_convention(config.convention)
         self.qweight = qweight
         self.scales = scales
         self.zeros = zeros
@@ -215,6 +266,15 @@ class QuantTensor:
             self.config,
         )
 
+    @classmethod
+    def _from_arrays(cls, arrays, shape: Sequence[int], config: QuantConfig, scale_dtype: str) -> "QuantTensor":
+        """A tensor over (qweight, scales, zeros) from the C++ core (fp16 / bf16 scales arrive as
+        uint16 bit patterns and are viewed as their dtype)."""
+        qweight, scales, zeros = arrays
+        if scale_dtype != "float32":
+            scales = scales.view(_NUMPY_DTYPE[scale_dtype])
+        return cls(qweight, scales, zeros, shape, config)
+
     def __repr__(self) -> str:
         return (
             f"QuantTensor(shape={self.shape}, bits={self.config.bits}, group_size={self.config.group_size}, "
@@ -252,28 +312,20 @@ def quantize(
     Returns:
         A :class:`QuantTensor` whose arrays own the quantizer's output (no copies).
     """
-    _check_array(weights, "weights", list(_FLOAT_DTYPES))
-    weight_dtype = _FLOAT_DTYPES[weights.dtype]
-    scale_name = weight_dtype if scale_dtype is None else _dtype_name(scale_dtype, "scale_dtype")
-    if non_finite not in ("error", "zero"):
-        raise ValueError(f"non_finite={non_finite!r} (expected 'error' or 'zero')")
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention {convention!r} is unknown (expected one of {', '.join(CONVENTIONS)})")
-    qweight, scales, zeros = _nibble.quantize(
+    weight_dtype, scale_name = _quantize_dtypes(weights, scale_dtype, convention)
+    config = QuantConfig(int(bits), int(group_size), bool(symmetric), convention)
+    arrays = _nibble.quantize(
         _bits16(weights),
         weight_dtype,
-        int(bits),
-        int(group_size),
-        bool(symmetric),
+        config.bits,
+        config.group_size,
+        config.symmetric,
         convention,
         scale_name,
         int(num_threads),
-        non_finite == "zero",
+        _replace_non_finite(non_finite),
     )
-    if scale_name != "float32":
-        scales = scales.view(_NUMPY_DTYPE[scale_name])
-    config = QuantConfig(int(bits), int(group_size), bool(symmetric), convention)
-    return QuantTensor(qweight, scales, zeros, weights.shape, config)
+    return QuantTensor._from_arrays(arrays, weights.shape, config, scale_name)
 
 
 KQUANT_VARIANTS = ("ort", "llama_cpp")
@@ -304,32 +356,25 @@ def kquant(
             zero-point slots (``ort_weight_only``: 0x8 nibbles, as onnxruntime writes them).
         The other arguments are :func:`quantize`'s.
     """
-    _check_array(weights, "weights", list(_FLOAT_DTYPES))
-    weight_dtype = _FLOAT_DTYPES[weights.dtype]
-    scale_name = weight_dtype if scale_dtype is None else _dtype_name(scale_dtype, "scale_dtype")
-    if non_finite not in ("error", "zero"):
-        raise ValueError(f"non_finite={non_finite!r} (expected 'error' or 'zero')")
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention {convention!r} is unknown (expected one of {', '.join(CONVENTIONS)})")
+    weight_dtype, scale_name = _quantize_dtypes(weights, scale_dtype, convention)
+    replace_non_finite = _replace_non_finite(non_finite)
     if importance is not None:
         _check_array(importance, "importance", [np.dtype(np.float32)])
-    qweight, scales, zeros = _nibble.kquant(
+    config = QuantConfig(int(bits), int(group_size), bool(symmetric), convention)
+    arrays = _nibble.kquant(
         _bits16(weights),
         weight_dtype,
-        int(bits),
-        int(group_size),
-        bool(symmetric),
+        config.bits,
+        config.group_size,
+        config.symmetric,
         convention,
         scale_name,
         int(num_threads),
-        non_finite == "zero",
+        replace_non_finite,
         str(variant),
         importance,
     )
-    if scale_name != "float32":
-        scales = scales.view(_NUMPY_DTYPE[scale_name])
-    config = QuantConfig(int(bits), int(group_size), bool(symmetric), convention)
-    return QuantTensor(qweight, scales, zeros, weights.shape, config)
+    return QuantTensor._from_arrays(arrays, weights.shape, config, scale_name)
 
 
 def gptq(
@@ -362,21 +407,15 @@ def gptq(
         column) is None unless act_order without static_groups changes group membership;
         :func:`dequantize_gptq` applies it. loss is the published code's error sum.
     """
-    _check_array(weights, "weights", list(_FLOAT_DTYPES))
-    weight_dtype = _FLOAT_DTYPES[weights.dtype]
-    scale_name = weight_dtype if scale_dtype is None else _dtype_name(scale_dtype, "scale_dtype")
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention {convention!r} is unknown (expected one of {', '.join(CONVENTIONS)})")
-    batches = [calibration] if isinstance(calibration, np.ndarray) else list(calibration)
-    for batch in batches:
-        _check_array(batch, "calibration", [np.dtype(np.float32)])
+    weight_dtype, scale_name = _quantize_dtypes(weights, scale_dtype, convention)
+    config = QuantConfig(int(bits), int(group_size), bool(symmetric), convention)
     qweight, scales, zeros, g_idx, loss = _nibble.gptq(
         _bits16(weights),
         weight_dtype,
-        batches,
-        int(bits),
-        int(group_size),
-        bool(symmetric),
+        _calibration_list(calibration),
+        config.bits,
+        config.group_size,
+        config.symmetric,
         convention,
         scale_name,
         float(damp_percent),
@@ -386,10 +425,8 @@ def gptq(
         bool(fp64),
         int(num_threads),
     )
-    if scale_name != "float32":
-        scales = scales.view(_NUMPY_DTYPE[scale_name])
-    config = QuantConfig(int(bits), int(group_size), bool(symmetric), convention)
-    return QuantTensor(qweight, scales, zeros, weights.shape, config), g_idx, float(loss)
+    tensor = QuantTensor._from_arrays((qweight, scales, zeros), weights.shape, config, scale_name)
+    return tensor, g_idx, float(loss)
 
 
 def dequantize_gptq(tensor: QuantTensor, g_idx: Optional[np.ndarray]) -> np.ndarray:
@@ -412,13 +449,6 @@ def dequantize_gptq(tensor: QuantTensor, g_idx: Optional[np.ndarray]) -> np.ndar
     row_index = np.arange(rows)[:, None]
     restored = (codes - zeros[row_index, groups]) * scales[row_index, groups]
     return restored.reshape(shape)
-
-
-def _calibration_list(calibration) -> list:
-    batches = [calibration] if isinstance(calibration, np.ndarray) else list(calibration)
-    for batch in batches:
-        _check_array(batch, "calibration", [np.dtype(np.float32)])
-    return batches
 
 
 def autoclip(
@@ -531,6 +561,7 @@ def _tensor_proto(name: str, array: np.ndarray, data_type: Optional[int] = None,
     if data_type is None:
         data_type = {
             np.dtype(np.uint8): onnx.TensorProto.UINT8,
+            np.dtype(np.int64): onnx.TensorProto.INT64,
             np.dtype(np.float32): onnx.TensorProto.FLOAT,
             np.dtype(np.float16): onnx.TensorProto.FLOAT16,
             _BF16: onnx.TensorProto.BFLOAT16,
@@ -682,6 +713,427 @@ def to_gather_block_quantized(tensor: QuantTensor, data_type: str = "uint8") -> 
             shape=tensor.shape,
         )
     raise ValueError(f"data_type={data_type!r} (expected 'uint8', 'int4' or 'uint4')")
+
+
+@dataclasses.dataclass
+class TiedEmbeddings:
+    """One quantized table ``[vocab, hidden]`` as both ``lm_head``'s MatMulNBits (logits =
+    hidden_states @ W^T) and the token embedding's GatherBlockQuantized, as the ONNX Runtime
+    GenAI builder ties them (``shared_embeddings``): one set of initializers, the Gather's uint8
+    data being lm_head's ``B`` through a Reshape to ``reshape_shape = [vocab, hidden * bits / 8]``,
+    its scales and zero points lm_head's.
+
+    ``data`` says how much is shared:
+
+    - ``"reshape"`` (hidden a multiple of the block size): everything; ``embedding.data`` is a
+      view of the same bytes as ``lm_head.B``.
+    - ``"unpadded_uint8"``: lm_head's rows carry pad codes, so the embedding has its own uint8
+      data without them (a copy; the builder's Reshape could not work here); scales and zero
+      points are still shared.
+    - ``"int4"`` (4 bits, odd hidden): INT4 / UINT4 typed data and UINT4 zero points of the
+      embedding's own (copies, ONNX Runtime's Gather-quantizer layout); scales shared.
+    """
+
+    lm_head: MatMulNBits
+    embedding: GatherBlockQuantized
+    data: str
+    reshape_shape: Optional[Tuple[int, int]]
+
+    @property
+    def shares_codes(self) -> bool:
+        """Whether the embedding reads lm_head's B itself (no copy of the codes)."""
+        return self.data == "reshape"
+
+    def make_nodes(
+        self,
+        input_ids: str = "input_ids",
+        hidden_states: str = "hidden_states",
+        embeddings: str = "embeddings",
+        logits: str = "logits",
+        name: str = "lm_head.MatMul.weight",
+        naming: str = "rtn",
+        accuracy_level: Optional[int] = None,
+    ):
+        """([Reshape,] GatherBlockQuantized, MatMulNBits nodes, [initializers]) named as the GenAI
+        builder names them (``/model/embed_tokens/Reshape``, ``/model/embed_tokens/GatherBlockQuantized``,
+        ``/model/constants/INT64/[vocab, flat]``, ``/lm_head/MatMul_Q{bits}``). Initializer names:
+        ``naming="rtn"`` as ONNX Runtime's RTN / k_quant quantizer writes them (what the builder
+        ties: ``{name}_Q{bits}G{block_size}``, ``{name}_scale``, ``{name}_zp``), ``"default"`` as
+        its MLAS quantizer does (``{name}_Q{bits}``, ``{name}_scales``, ``{name}_zero_points``).
+        Needs the ``onnx`` package."""
+        import onnx
+
+        attributes = self.lm_head.attributes
+        bits, block_size = attributes["bits"], attributes["block_size"]
+        if naming == "rtn":
+            b_name, scales_name, zp_name = f"{name}_Q{bits}G{block_size}", f"{name}_scale", f"{name}_zp"
+        elif naming == "default":
+            b_name, scales_name, zp_name = f"{name}_Q{bits}", f"{name}_scales", f"{name}_zero_points"
+        else:
+            raise ValueError(f"naming={naming!r} (expected 'rtn' or 'default')")
+        initializers = [_tensor_proto(b_name, self.lm_head.B), _tensor_proto(scales_name, self.lm_head.scales)]
+        lm_inputs = [hidden_states, b_name, scales_name]
+        if self.lm_head.zero_points is not None:
+            initializers.append(_tensor_proto(zp_name, self.lm_head.zero_points))
+            lm_inputs.append(zp_name)
+        lm_attributes = dict(attributes)
+        if accuracy_level:
+            lm_attributes["accuracy_level"] = accuracy_level
+        lm_head = onnx.helper.make_node(
+            "MatMulNBits", lm_inputs, [logits], name=f"/lm_head/MatMul_Q{bits}", domain="com.microsoft", **lm_attributes
+        )
+
+        nodes = []
+        embed = "/model/embed_tokens"
+        zero_points_name = zp_name if self.lm_head.zero_points is not None else None
+        if self.data == "reshape":
+            vocab, flat = self.reshape_shape
+            shape_name = f"/model/constants/INT64/[{vocab}, {flat}]"
+            initializers.append(_tensor_proto(shape_name, np.array([vocab, flat], dtype=np.int64)))
+            data_name = f"{embed}/Reshape/output_0"
+            nodes.append(onnx.helper.make_node("Reshape", [b_name, shape_name], [data_name], name=f"{embed}/Reshape"))
+        elif self.data == "unpadded_uint8":
+            data_name = "model.embed_tokens.weight_Q{}".format(bits)
+            initializers.append(_tensor_proto(data_name, self.embedding.data))
+        else:
+            kind = onnx.TensorProto.INT4 if self.embedding.data_type == "int4" else onnx.TensorProto.UINT4
+            data_name = "model.embed_tokens.weight_Q4"
+            initializers.append(_tensor_proto(data_name, self.embedding.data, kind, self.embedding.shape))
+            zero_points_name = None
+            if self.embedding.zero_points is not None:
+                zero_points_name = "model.embed_tokens.weight_zero_points"
+                initializers.append(
+                    _tensor_proto(zero_points_name, self.embedding.zero_points, kind, self.embedding.scales.shape)
+                )
+        gather_inputs = [data_name, input_ids, scales_name] + ([zero_points_name] if zero_points_name else [])
+        nodes.append(
+            onnx.helper.make_node(
+                "GatherBlockQuantized", gather_inputs, [embeddings], name=f"{embed}/GatherBlockQuantized",
+                domain="com.microsoft", **self.embedding.attributes
+            )
+        )
+        return nodes + [lm_head], initializers
+
+
+def to_tied_embeddings(tensor: QuantTensor, allow_copy: bool = True) -> TiedEmbeddings:
+    """A quantized table ``[vocab, hidden]`` as tied lm_head (MatMulNBits) and embedding
+    (GatherBlockQuantized) inputs sharing its arrays (see :class:`TiedEmbeddings`).
+
+    ``allow_copy=False`` accepts only the GenAI builder's own form (``data == "reshape"``: hidden a
+    multiple of the block size) and raises ValueError saying why otherwise. Raises ValueError for
+    what neither op can express (block size not a power of two >= 16, rank != 2, 2 bits with
+    hidden % 4 != 0)."""
+    info = _nibble.tied_embedding(tensor._ref, bool(allow_copy))
+    lm, gathered = info["lm_head"], info["embedding"]
+    lm_head = MatMulNBits(
+        B=tensor.qweight.reshape(lm["B_shape"]),
+        scales=tensor.scales.reshape(lm["scales_shape"]),
+        zero_points=None if tensor.zeros is None else tensor.zeros.reshape(lm["zero_points_shape"]),
+        attributes={key: lm[key] for key in ("K", "N", "bits", "block_size")},
+    )
+    attributes = {key: gathered[key] for key in ("gather_axis", "quantize_axis", "block_size", "bits")}
+    if info["data"] == "reshape":
+        data, zero_points, data_type = tensor.qweight.reshape(gathered["data_shape"]), lm_head.zero_points, "uint8"
+    elif info["data"] == "unpadded_uint8":
+        data, zero_points, data_type = info["data_copy"], lm_head.zero_points, "uint8"
+    else:
+        data, zero_points = info["data_copy"], info["zero_points_copy"]
+        data_type = "int4" if info["signed_data"] else "uint4"
+        del attributes["bits"]  # typed data: as ONNX Runtime's Gather quantizer writes the node
+    embedding = GatherBlockQuantized(
+        data=data, scales=lm_head.scales, zero_points=zero_points, attributes=attributes,
+        data_type=data_type, shape=tensor.shape,
+    )
+    reshape_shape = None if info["reshape_shape"] is None else tuple(info["reshape_shape"])
+    return TiedEmbeddings(lm_head=lm_head, embedding=embedding, data=info["data"], reshape_shape=reshape_shape)
+
+
+# ---- GPTQ / AWQ checkpoints ---------------------------------------------------------------------
+
+#: How GPTQ's qzeros store a zero point z: ``"v1"`` (AutoGPTQ, ``checkpoint_format "gptq"``) z - 1,
+#: ``"v2"`` (GPTQModel's ``"gptq_v2"``) z.
+GPTQ_ZERO_FORMATS: Tuple[str, ...] = ("v1", "v2")
+#: How an imported checkpoint's symmetry is decided: ``"detect"`` (symmetric exactly when every zero
+#: point is 2^(bits-1)), ``"symmetric"`` (the same, any other zero point is an error),
+#: ``"asymmetric"`` (keep the zero points).
+SYMMETRIES: Tuple[str, ...] = ("detect", "symmetric", "asymmetric")
+
+_INT32 = [np.dtype(np.int32)]
+
+
+@dataclasses.dataclass
+class GptqCheckpoint:
+    """One linear layer's GPTQ tensors (AutoGPTQ / GPTQModel), K = in_features, N = out_features,
+    pack = 32 / bits codes per int32:
+
+    ``qweight`` int32 ``[K / pack, N]`` (packed along K, LSB first); ``qzeros`` int32
+    ``[n_groups, N / pack]`` (packed along N; ``zero_format`` "v1" stores z - 1); ``scales``
+    ``[n_groups, N]`` float16 (float32 / bfloat16 also); ``g_idx`` int32 ``[K]`` (None: trivial
+    ``k // group_size``). ``sym`` / ``desc_act`` are quantize_config.json's flags (set by
+    :func:`to_gptq`; on import pass ``symmetry`` instead).
+    """
+
+    qweight: np.ndarray
+    qzeros: np.ndarray
+    scales: np.ndarray
+    g_idx: Optional[np.ndarray] = None
+    bits: int = 4
+    group_size: int = 128
+    zero_format: str = "v1"
+    sym: bool = False
+    desc_act: bool = False
+
+    @property
+    def in_features(self) -> int:
+        return int(self.qweight.shape[0]) * (32 // self.bits if self.bits in (2, 4, 8) else 0)
+
+    @property
+    def out_features(self) -> int:
+        return int(self.qweight.shape[1])
+
+
+@dataclasses.dataclass
+class AwqCheckpoint:
+    """One linear layer's AWQ GEMM tensors (AutoAWQ ``WQLinear_GEMM``), 4-bit: ``qweight`` int32
+    ``[K, N / 8]`` (packed along N, nibble order 0 2 4 6 1 3 5 7), ``qzeros`` int32
+    ``[n_groups, N / 8]`` (true zero points, same order), ``scales`` ``[n_groups, N]`` float16
+    (float32 / bfloat16 also)."""
+
+    qweight: np.ndarray
+    qzeros: np.ndarray
+    scales: np.ndarray
+    group_size: int = 128
+
+    @property
+    def in_features(self) -> int:
+        return int(self.qweight.shape[0])
+
+    @property
+    def out_features(self) -> int:
+        return int(self.qweight.shape[1]) * 8
+
+
+def _check_import(checkpoint, symmetry: str, convention: str) -> str:
+    """The scale dtype name of a checkpoint to import; checks its arrays' types and the options."""
+    _check_array(checkpoint.qweight, "qweight", _INT32, min_rank=2)
+    _check_array(checkpoint.qzeros, "qzeros", _INT32)
+    _check_array(checkpoint.scales, "scales", list(_FLOAT_DTYPES))
+    if symmetry not in SYMMETRIES:
+        raise ValueError(f"symmetry={symmetry!r} (expected one of {', '.join(SYMMETRIES)})")
+    _check_convention(convention)
+    return _FLOAT_DTYPES[checkpoint.scales.dtype]
+
+
+def _checkpoint_scales(scales: np.ndarray, scale_dtype: str) -> np.ndarray:
+    return scales if scale_dtype == "float32" else scales.view(_NUMPY_DTYPE[scale_dtype])
+
+
+def to_gptq(tensor: QuantTensor, zero_format: str = "v1", g_idx: Optional[np.ndarray] = None) -> GptqCheckpoint:
+    """A canonical ``[N, K]`` tensor as GPTQ checkpoint tensors (a re-pack; every bit survives).
+
+    ``g_idx`` (int32 ``[K]``): the group of each input column, e.g. the one :func:`gptq` returns
+    for act-order; default trivial. Needs K and N multiples of 32 / bits and K of the group size.
+    ``zero_format="v1"`` cannot store zero point 0 (GPTQ gives it to groups without negative
+    weights): export GPTQ results as ``"v2"``."""
+    if g_idx is not None:
+        _check_array(g_idx, "g_idx", _INT32)
+    qweight, qzeros, scales, full_g_idx, sym, desc_act = _nibble.to_gptq(tensor._ref, str(zero_format), g_idx)
+    return GptqCheckpoint(
+        qweight=qweight, qzeros=qzeros, scales=_checkpoint_scales(scales, _FLOAT_DTYPES[tensor.scales.dtype]),
+        g_idx=full_g_idx, bits=tensor.bits, group_size=tensor.config.group_size, zero_format=str(zero_format),
+        sym=bool(sym), desc_act=bool(desc_act),
+    )
+
+
+def _from_gptq(checkpoint: GptqCheckpoint, symmetry: str, convention: str, permuted: bool):
+    scale_dtype = _check_import(checkpoint, symmetry, convention)
+    if checkpoint.g_idx is not None:
+        _check_array(checkpoint.g_idx, "g_idx", _INT32)
+    result = _nibble.from_gptq(
+        checkpoint.qweight, checkpoint.qzeros, _bits16(checkpoint.scales), checkpoint.g_idx, scale_dtype,
+        checkpoint.in_features, checkpoint.out_features, int(checkpoint.bits), int(checkpoint.group_size),
+        str(checkpoint.zero_format), symmetry, convention, permuted,
+    )
+    config = QuantConfig(int(checkpoint.bits), int(checkpoint.group_size), result[2] is None, convention)
+    shape = (checkpoint.out_features, checkpoint.in_features)
+    return QuantTensor._from_arrays(result[:3], shape, config, scale_dtype), result[3:]
+
+
+def from_gptq(checkpoint: GptqCheckpoint, symmetry: str = "detect", convention: str = "olive") -> QuantTensor:
+    """GPTQ checkpoint tensors as a canonical ``[N, K]`` tensor. A non-trivial g_idx (act-order /
+    desc_act) raises ValueError: use :func:`from_gptq_permuted`. ``convention`` is recorded in the
+    config; set ``symmetry`` from quantize_config.json's ``"sym"`` for exact round trips."""
+    return _from_gptq(checkpoint, symmetry, convention, False)[0]
+
+
+def from_gptq_permuted(
+    checkpoint: GptqCheckpoint, symmetry: str = "detect", convention: str = "olive"
+) -> Tuple[QuantTensor, np.ndarray]:
+    """GPTQ checkpoint tensors with any g_idx as ``(tensor, permutation)``: the canonical tensor's
+    column j is the checkpoint's input column ``permutation[j]`` (int64 ``[K]``, K sorted by group),
+    so the layer is ``x[:, permutation] @ dequantize(tensor).T``."""
+    tensor, (permutation,) = _from_gptq(checkpoint, symmetry, convention, True)
+    return tensor, permutation
+
+
+def to_awq(tensor: QuantTensor) -> AwqCheckpoint:
+    """A canonical 4-bit ``[N, K]`` tensor as AWQ GEMM checkpoint tensors (N % 8 == 0, K % group
+    size == 0). Symmetric tensors export zero points 8."""
+    qweight, qzeros, scales = _nibble.to_awq(tensor._ref)
+    return AwqCheckpoint(
+        qweight=qweight, qzeros=qzeros, scales=_checkpoint_scales(scales, _FLOAT_DTYPES[tensor.scales.dtype]),
+        group_size=tensor.config.group_size,
+    )
+
+
+def from_awq(checkpoint: AwqCheckpoint, symmetry: str = "asymmetric", convention: str = "olive") -> QuantTensor:
+    """AWQ GEMM checkpoint tensors as a canonical 4-bit ``[N, K]`` tensor (AWQ is asymmetric by
+    definition; ``symmetry="detect"`` makes it symmetric when every zero point is 8)."""
+    scale_dtype = _check_import(checkpoint, symmetry, convention)
+    arrays = _nibble.from_awq(
+        checkpoint.qweight, checkpoint.qzeros, _bits16(checkpoint.scales), scale_dtype, checkpoint.in_features,
+        checkpoint.out_features, int(checkpoint.group_size), symmetry, convention,
+    )
+    config = QuantConfig(4, int(checkpoint.group_size), arrays[2] is None, convention)
+    return QuantTensor._from_arrays(arrays, (checkpoint.out_features, checkpoint.in_features), config, scale_dtype)
+
+
+# ---- GGUF blocks --------------------------------------------------------------------------------
+
+
+class GgufType(NamedTuple):
+    """A ggml block type: its name (ggml_type_name), type id, weights and bytes per block."""
+
+    name: str
+    type_id: int
+    block_size: int
+    type_size: int
+
+
+#: The ggml block types nibble implements, by name: q4_0, q4_1, q8_0, q4_K, q6_K.
+GGUF_TYPES: Dict[str, GgufType] = {row[0]: GgufType(*row) for row in _nibble.gguf_types()}
+
+
+def _gguf_type(qtype: Union[str, int]) -> GgufType:
+    """A GgufType from its name (any case) or its ggml type id (e.g. gguf.GGMLQuantizationType.Q4_K)."""
+    if isinstance(qtype, str):
+        for name, info in GGUF_TYPES.items():
+            if name.lower() == qtype.lower():
+                return info
+    elif isinstance(qtype, (int, np.integer)):
+        for info in GGUF_TYPES.values():
+            if info.type_id == int(qtype):
+                return info
+    else:
+        raise TypeError(f"qtype must be a type name or a ggml type id, got {type(qtype).__name__}")
+    known = ", ".join(f"{info.name} ({info.type_id})" for info in GGUF_TYPES.values())
+    raise ValueError(f"ggml type {qtype!r} is not implemented (expected one of {known})")
+
+
+def gguf_quantize(x: np.ndarray, qtype: Union[str, int]) -> np.ndarray:
+    """float32 ``[..., K]`` -> uint8 ``[..., K / block_size * type_size]``: each row as ggml blocks of
+    ``qtype``, byte for byte llama.cpp's ``quantize_row_*_ref`` (a no-FMA build; Q4_K / Q6_K
+    without an imatrix). K must be a multiple of the block size (32, or 256 for K-quants); NaN /
+    Inf raise ValueError. The layout of gguf-py's ``gguf.quants.quantize``."""
+    _check_array(x, "x", [np.dtype(np.float32)])
+    return _nibble.gguf_quantize(x, _gguf_type(qtype).type_id)
+
+
+def gguf_dequantize(blocks: np.ndarray, qtype: Union[str, int]) -> np.ndarray:
+    """uint8 ``[..., n_blocks * type_size]`` ggml blocks of ``qtype`` -> float32
+    ``[..., n_blocks * block_size]`` (llama.cpp's ``dequantize_row_*``)."""
+    _check_array(blocks, "blocks", [np.dtype(np.uint8)])
+    return _nibble.gguf_dequantize(blocks, _gguf_type(qtype).type_id)
+
+
+# ---- fused projections --------------------------------------------------------------------------
+
+
+_Fusable = Union[QuantTensor, GptqCheckpoint, AwqCheckpoint]
+
+
+def _checkpoint_fields(checkpoint) -> tuple:
+    """A GPTQ / AWQ checkpoint's arrays and layout as the C++ core takes them (arrays checked)."""
+    _check_import(checkpoint, "detect", "olive")
+    if isinstance(checkpoint, GptqCheckpoint):
+        if checkpoint.g_idx is not None:
+            _check_array(checkpoint.g_idx, "g_idx", _INT32)
+        return (
+            checkpoint.qweight, checkpoint.qzeros, _bits16(checkpoint.scales), checkpoint.g_idx,
+            checkpoint.in_features, checkpoint.out_features, int(checkpoint.bits), int(checkpoint.group_size),
+            str(checkpoint.zero_format), bool(checkpoint.sym), bool(checkpoint.desc_act),
+        )
+    return (
+        checkpoint.qweight, checkpoint.qzeros, _bits16(checkpoint.scales), checkpoint.in_features,
+        checkpoint.out_features, int(checkpoint.group_size),
+    )
+
+
+def _checkpoint_like(template, arrays: tuple):
+    """A checkpoint of `template`'s kind and format over arrays from the C++ core."""
+    scale_dtype = _FLOAT_DTYPES[template.scales.dtype]
+    if isinstance(template, GptqCheckpoint):
+        qweight, qzeros, scales, g_idx, sym, desc_act = arrays
+        return GptqCheckpoint(
+            qweight, qzeros, _checkpoint_scales(scales, scale_dtype), g_idx, template.bits, template.group_size,
+            template.zero_format, bool(sym), bool(desc_act),
+        )
+    qweight, qzeros, scales = arrays
+    return AwqCheckpoint(qweight, qzeros, _checkpoint_scales(scales, scale_dtype), template.group_size)
+
+
+def fused_merge(parts: Sequence[_Fusable]) -> _Fusable:
+    """Parts of a fused projection (q, k, v of qkv_proj; gate, up of gate_up_proj), all of one
+    kind, merged along their outputs by byte copies (no code is unpacked):
+
+    - :class:`QuantTensor` ``[N_p, K]`` -> ``[sum N_p, K]`` (rows in order; any K);
+    - :class:`GptqCheckpoint` / :class:`AwqCheckpoint` -> one checkpoint of ``sum N_p`` outputs
+      (columns in order; each N_p a multiple of 32 / bits, resp. 8, so no int32 word straddles
+      two parts; GPTQ parts share one g_idx).
+
+    The parts must agree on K, bits, group size, symmetry / zero format, convention and scale
+    dtype (ValueError naming the part and the field otherwise)."""
+    parts = list(parts)
+    if not parts:
+        raise ValueError("fused_merge: no parts (expected at least one)")
+    kind = type(parts[0])
+    if kind not in (QuantTensor, GptqCheckpoint, AwqCheckpoint):
+        raise TypeError(f"part 0 is a {kind.__name__} (expected a QuantTensor, GptqCheckpoint or AwqCheckpoint)")
+    for index, part in enumerate(parts):
+        if type(part) is not kind:
+            raise TypeError(f"part {index} is a {type(part).__name__} (expected a {kind.__name__}, as part 0)")
+    first = parts[0]
+    scale_dtype = _FLOAT_DTYPES.get(first.scales.dtype, "float32")
+    if kind is QuantTensor:
+        arrays = _nibble.fused_merge([part._ref for part in parts])
+        shape = (sum(part.shape[0] for part in parts),) + first.shape[1:]
+        return QuantTensor._from_arrays(arrays, shape, first.config, scale_dtype)
+    for index, part in enumerate(parts):
+        if part.scales.dtype != first.scales.dtype:
+            raise TypeError(f"part {index} has {part.scales.dtype} scales (expected {first.scales.dtype}, as part 0)")
+    fields = [_checkpoint_fields(part) for part in parts]
+    arrays = _nibble.fused_merge_checkpoints("gptq" if kind is GptqCheckpoint else "awq", fields, scale_dtype)
+    return _checkpoint_like(first, arrays)
+
+
+def fused_split(fused: _Fusable, counts: Sequence[int]) -> List[_Fusable]:
+    """A fused tensor or checkpoint -> its parts, ``counts[p]`` rows (outputs) each (>= 1, summing
+    to N; for checkpoints multiples of the int32 word's outputs), byte copies: ``fused_split(
+    fused_merge(parts), [each part's N])`` gives the parts back bit for bit. GPTQ parts keep the
+    fused g_idx, sym and desc_act."""
+    counts = [int(count) for count in counts]
+    if isinstance(fused, QuantTensor):
+        scale_dtype = _FLOAT_DTYPES[fused.scales.dtype]
+        return [
+            QuantTensor._from_arrays(arrays, (count,) + fused.shape[1:], fused.config, scale_dtype)
+            for arrays, count in zip(_nibble.fused_split(fused._ref, counts), counts)
+        ]
+    if not isinstance(fused, (GptqCheckpoint, AwqCheckpoint)):
+        raise TypeError(f"fused is a {type(fused).__name__} (expected a QuantTensor, GptqCheckpoint or AwqCheckpoint)")
+    fields = _checkpoint_fields(fused)
+    scale_dtype = _FLOAT_DTYPES[fused.scales.dtype]
+    kind = "gptq" if isinstance(fused, GptqCheckpoint) else "awq"
+    return [_checkpoint_like(fused, arrays) for arrays in _nibble.fused_split_checkpoint(kind, fields, scale_dtype, counts)]
 
 
 def build_info() -> dict:

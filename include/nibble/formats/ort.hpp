@@ -9,11 +9,15 @@
 //   GatherBlockQuantized, INT4/UINT4-typed data (what ORT's own Gather quantizer writes):
 //                elements flat-packed over the logical shape, zero points flat-packed over the
 //                scales' shape; symmetric codes stored signed. This one is a copy.
+//   Tied embeddings (ORT GenAI's shared_embeddings): one table [vocab, hidden] for both ops; the
+//                Gather's uint8 data is lm_head's B through a Reshape to [vocab, hidden * bits /
+//                8], scales and zero points are the same initializers (as_tied_embedding).
 // Byte-level details and sources: docs/formats.md.
 #pragma once
 
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "nibble/core/error.hpp"
@@ -146,6 +150,45 @@ GatherBlockQuantizedInputs<ScaleT> as_gather_block_quantized(const QuantTensorVi
   return inputs;
 }
 
+namespace detail {
+
+// ORT's INT4/UINT4 GatherBlockQuantized bytes of a validated 4-bit tensor: `data` (every element
+// flat) and, when asymmetric, `zero_points` (flat over the scales' shape; left empty otherwise).
+template <class ScaleT>
+void pack_int4_flat(const QuantTensorView<ScaleT>& w, std::vector<uint8_t>& data,
+                    std::vector<uint8_t>& zero_points) {
+  const RowLayout& layout = w.layout();
+  const bool signed_data = w.config().symmetric;
+  // Flat packing: element i of the whole tensor in byte i / 2 (low nibble when i is even).
+  // Signed storage: the canonical code q = s + 8 for the signed value s, and s's two's-complement
+  // nibble is (s & 0xF) = (q - 8) & 0xF = q ^ 8 for q in 0..15.
+  const uint8_t code_xor = signed_data ? 0x8 : 0x0;
+  data.assign(static_cast<std::size_t>(BitPacking<4>::packed_bytes(w.shape().numel())), 0);
+  int64_t flat = 0;
+  for (int64_t row = 0; row < w.rows(); ++row) {
+    const uint8_t* codes = w.qweight_row(row);
+    for (int64_t col = 0; col < w.k(); ++col, ++flat) {
+      const auto nibble_value = static_cast<uint8_t>(BitPacking<4>::code_at(codes, col) ^ code_xor);
+      data[static_cast<std::size_t>(flat / 2)] |=
+          static_cast<uint8_t>(nibble_value << ((flat % 2) * 4));
+    }
+  }
+  zero_points.clear();
+  if (!signed_data) {
+    zero_points.assign(static_cast<std::size_t>(BitPacking<4>::packed_bytes(w.scale_count())), 0);
+    int64_t flat_group = 0;
+    for (int64_t row = 0; row < w.rows(); ++row) {
+      for (int64_t group = 0; group < layout.n_groups; ++group, ++flat_group) {
+        const auto zero = static_cast<uint8_t>(w.zero_point(row, group));
+        zero_points[static_cast<std::size_t>(flat_group / 2)] |=
+            static_cast<uint8_t>(zero << ((flat_group % 2) * 4));
+      }
+    }
+  }
+}
+
+}  // namespace detail
+
 // GatherBlockQuantized with INT4 (symmetric) or UINT4 (asymmetric) typed data, byte-for-byte
 // what ONNX Runtime's Gather quantizer (quantize_ndarray) writes for quantize_axis = last.
 template <class ScaleT>
@@ -172,33 +215,141 @@ GatherBlockQuantizedInt4<ScaleT> to_gather_block_quantized_int4(const QuantTenso
   out.shape = w.shape().dims();
   out.block_size = layout.group_size;
   out.scales.assign(w.scales(), w.scales() + w.scale_count());
+  detail::pack_int4_flat(w, out.data, out.zero_points);
+  return out;
+}
 
-  // Flat packing: element i of the whole tensor in byte i / 2 (low nibble when i is even).
-  // Signed storage: the canonical code q = s + 8 for the signed value s, and s's two's-complement
-  // nibble is (s & 0xF) = (q - 8) & 0xF = q ^ 8 for q in 0..15.
-  const uint8_t code_xor = out.signed_data ? 0x8 : 0x0;
-  out.data.assign(static_cast<std::size_t>(BitPacking<4>::packed_bytes(w.shape().numel())), 0);
-  int64_t flat = 0;
-  for (int64_t row = 0; row < w.rows(); ++row) {
-    const uint8_t* codes = w.qweight_row(row);
-    for (int64_t col = 0; col < w.k(); ++col, ++flat) {
-      const auto nibble_value = static_cast<uint8_t>(BitPacking<4>::code_at(codes, col) ^ code_xor);
-      out.data[static_cast<std::size_t>(flat / 2)] |=
-          static_cast<uint8_t>(nibble_value << ((flat % 2) * 4));
-    }
+// ---- tied embeddings ---------------------------------------------------------------------------
+//
+// ORT GenAI's model builder (src/python/py/models/builders/base.py: make_embedding with
+// shared_embeddings, make_tied_quantized_embedding_input_names) quantizes lm_head's MatMul into
+// MatMulNBits and builds the token embedding from the same initializers:
+//   GatherBlockQuantized(Reshape(B, [vocab, hidden * bits / 8]), input_ids, scales[, zero_points])
+//   attributes bits, block_size (lm_head's), gather_axis = 0, quantize_axis = 1; data is uint8.
+// For a table W [vocab, hidden] (lm_head: N = vocab, K = hidden) the two ops agree on
+//   scales       [vocab, n_blocks] in both                                           -> shared
+//   zero points  uint8 [vocab, ceil(n_blocks * bits / 8)] packed per row in both; absent means
+//                2^(bits-1) in both (uint8 data)                                      -> shared
+//   codes        B [vocab, n_blocks, blob] vs data [vocab, hidden * bits / 8]: the same bytes
+//                exactly when hidden % block_size == 0 (otherwise B's rows end in pad codes)
+// Where the codes disagree the embedding gets its own data (TiedData says which) and keeps
+// sharing whatever still agrees.
+enum class TiedData : uint8_t {
+  reshape,         // hidden % block_size == 0: data = B reshaped, nothing copied (the builder's)
+  unpadded_uint8,  // else, hidden * bits % 8 == 0: uint8 data = B without each row's pad codes
+                   // (a copy; the op takes a partial last block); scales, zero points shared.
+                   // The builder's Reshape fails on these tables (its element count is wrong).
+  int4,            // else (4 bits, odd hidden: rows are not whole bytes): INT4 / UINT4 data as
+                   // to_gather_block_quantized_int4 writes it (a copy); scales shared; UINT4 zero
+                   // points are their own flat-packed copy; symmetric data is signed INT4 with
+                   // the op's implied zero point 0 (the same values as 2^(bits-1) for uint8).
+};
+
+inline const char* to_string(TiedData data) {
+  switch (data) {
+    case TiedData::reshape:
+      return "reshape";
+    case TiedData::unpadded_uint8:
+      return "unpadded_uint8";
+    case TiedData::int4:
+      return "int4";
   }
-  if (!out.signed_data) {
-    out.zero_points.assign(static_cast<std::size_t>(BitPacking<4>::packed_bytes(w.scale_count())),
-                           0);
-    int64_t flat_group = 0;
-    for (int64_t row = 0; row < w.rows(); ++row) {
-      for (int64_t group = 0; group < layout.n_groups; ++group, ++flat_group) {
-        const auto zero = static_cast<uint8_t>(w.zero_point(row, group));
-        out.zero_points[static_cast<std::size_t>(flat_group / 2)] |=
-            static_cast<uint8_t>(zero << ((flat_group % 2) * 4));
-      }
-    }
+  return "?";
+}
+
+// Both nodes' inputs for one quantized table. Pointers borrow the table's buffers, except the
+// embedding's data (and int4 zero points) when TiedData is not reshape: those point into
+// data_copy / zero_points_copy, which is why this is move-only (a moved vector keeps its buffer).
+template <class ScaleT>
+struct TiedEmbeddingInputs {
+  MatMulNBitsInputs<ScaleT> lm_head;  // as as_matmul_nbits(table): logits = hidden * W_hat^T
+  // embedding.data_shape: uint8 bytes [vocab, hidden * bits / 8], or for int4 the typed tensor's
+  // element shape [vocab, hidden] (zero_points_shape likewise [vocab, n_blocks] elements).
+  GatherBlockQuantizedInputs<ScaleT> embedding;
+  TiedData data = TiedData::reshape;
+  bool signed_data = false;                // int4 only: INT4 (symmetric) rather than UINT4
+  std::array<int64_t, 2> reshape_shape{};  // reshape only: the Reshape's shape constant
+  std::vector<uint8_t> data_copy;          // the embedding's own data (not reshape)
+  std::vector<uint8_t> zero_points_copy;   // int4, asymmetric: UINT4 zero points
+
+  // Whether the embedding reads lm_head's bytes for codes / zero points (scales: always).
+  bool shares_codes() const { return data == TiedData::reshape; }
+  bool shares_zero_points() const { return data != TiedData::int4; }
+
+  TiedEmbeddingInputs() = default;
+  TiedEmbeddingInputs(TiedEmbeddingInputs&&) noexcept = default;
+  TiedEmbeddingInputs& operator=(TiedEmbeddingInputs&&) noexcept = default;
+  TiedEmbeddingInputs(const TiedEmbeddingInputs&) = delete;
+  TiedEmbeddingInputs& operator=(const TiedEmbeddingInputs&) = delete;
+};
+
+// A table W [vocab, hidden] quantized once, as lm_head's MatMulNBits and the embedding's
+// GatherBlockQuantized. With allow_copy = false only TiedData::reshape (the builder's form) is
+// accepted; any other table is an Error saying why the Reshape cannot work.
+template <class ScaleT>
+TiedEmbeddingInputs<ScaleT> as_tied_embedding(const QuantTensorView<ScaleT>& table,
+                                              bool allow_copy = true) {
+  if (table.shape().rank() != 2) {
+    nibble::detail::fail(ErrorCode::shape_mismatch, "tied embedding: table has shape ",
+                         table.shape(), " (expected [vocab, hidden])");
   }
+  const RowLayout& layout = table.layout();
+  const int64_t vocab = table.rows();
+  const int64_t hidden = table.k();
+  const int bits = table.bits();
+  TiedEmbeddingInputs<ScaleT> out;
+  out.lm_head = as_matmul_nbits(table);  // checks the block size for both ops
+  GatherBlockQuantizedInputs<ScaleT>& embedding = out.embedding;
+  embedding.gather_axis = 0;
+  embedding.quantize_axis = 1;
+  embedding.block_size = layout.group_size;
+  embedding.bits = bits;
+  embedding.scales = table.scales();
+  embedding.scales_shape = {vocab, layout.n_groups};
+  embedding.zero_points = table.zeros();
+  embedding.zero_points_shape = {vocab, layout.zero_row_bytes};
+  if (layout.padded_k == hidden) {
+    out.data = TiedData::reshape;
+    out.reshape_shape = {vocab, layout.packed_row_bytes};
+    embedding.data = table.qweight();
+    embedding.data_shape = {vocab, layout.packed_row_bytes};
+    return out;
+  }
+  if (!allow_copy) {
+    nibble::detail::fail(ErrorCode::unsupported, "tied embedding: hidden = ", hidden,
+                         " is not a multiple of block_size ", layout.group_size,
+                         ", so lm_head's B rows hold ", layout.padded_k,
+                         " codes (pads included) and cannot be reshaped to the Gather's [vocab, ",
+                         "hidden * bits / 8] (ORT GenAI's shared_embeddings Reshape); allow a copy "
+                         "of the embedding's codes, or quantize with a block size dividing hidden");
+  }
+  if (hidden * bits % 8 == 0) {
+    // Codes are packed low bits first, so a row's real codes are its first hidden * bits / 8
+    // bytes; the pad codes after them are dropped.
+    out.data = TiedData::unpadded_uint8;
+    const int64_t row_bytes = hidden * bits / 8;
+    out.data_copy.resize(static_cast<std::size_t>(vocab * row_bytes));
+    for (int64_t row = 0; row < vocab; ++row) {
+      std::memcpy(out.data_copy.data() + row * row_bytes, table.qweight_row(row),
+                  static_cast<std::size_t>(row_bytes));
+    }
+    embedding.data = out.data_copy.data();
+    embedding.data_shape = {vocab, row_bytes};
+    return out;
+  }
+  if (bits != 4) {
+    nibble::detail::fail(ErrorCode::unsupported, "tied embedding: hidden = ", hidden, " at ", bits,
+                         " bits is not whole bytes per row (GatherBlockQuantized's uint8 "
+                         "data needs hidden * bits % 8 == 0; its INT4/UINT4 data holds 4-bit "
+                         "codes only)");
+  }
+  out.data = TiedData::int4;
+  out.signed_data = table.config().symmetric;
+  detail::pack_int4_flat(table, out.data_copy, out.zero_points_copy);
+  embedding.data = out.data_copy.data();
+  embedding.data_shape = {vocab, hidden};
+  embedding.zero_points = out.signed_data ? nullptr : out.zero_points_copy.data();
+  embedding.zero_points_shape = {vocab, layout.n_groups};
   return out;
 }
 
