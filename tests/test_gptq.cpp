@@ -10,6 +10,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "nibble/solvers/gptq.hpp"
@@ -277,6 +278,27 @@ TEST(Gptq, BadInputIsRefused) {
   EXPECT_THROW(nibble::gptq_quantize<float>(TensorView<const float>(bad_w.data(), {n, k}),
                                             {4, 16, false}, {hessian_of(x, 16, k)}),
                Error);
+}
+
+
+TEST(Gptq, UnusedZeroPointSlotsFollowTheConvention) {
+  // K = 96, G = 32, 4 bits: 3 zero points per row in 2 bytes, so slot 3 is unused. The ort
+  // convention pads it with 8, as onnxruntime's MatMulNBits quantizer does; olive with 0.
+  const int64_t n = 4;
+  const int64_t k = 96;
+  const std::vector<float> w = nibble::testing::gaussian(n * k, 61);
+  const std::vector<float> x = activations(64, k, 62);
+  std::vector<GptqHessian> hessians;
+  hessians.emplace_back(k);
+  hessians.back().add_batch(TensorView<const float>(x.data(), {64, k}));
+  for (const auto& [convention, pad] :
+       {std::pair{ConventionId::ort, 8}, std::pair{ConventionId::olive, 0}}) {
+    const GptqResult<float> result = nibble::gptq_quantize<float>(
+        TensorView<const float>(w.data(), {n, k}), QuantConfig{4, 32, false, convention}, hessians);
+    ASSERT_EQ(result.tensor.layout().zero_row_bytes, 2);
+    for (int64_t row = 0; row < n; ++row)
+      EXPECT_EQ(result.tensor.zeros()[static_cast<std::size_t>(row * 2 + 1)] >> 4, pad) << row;
+  }
 }
 
 }  // namespace

@@ -480,6 +480,35 @@ TEST_F(Safetensors, ReportsADirectory) {
   expect_error(open_error_at(directory_.string()), ErrorCode::io, "is a directory");
 }
 
+TEST_F(Safetensors, MappedBytesAreTheFileBytesInPlace) {
+  const std::string path = write_file(kValidHeader, valid_data());
+  SafetensorsFile file = SafetensorsFile::open(path);
+  for (const TensorInfo& info : file.tensors()) {
+    std::string copied(static_cast<std::size_t>(info.size_bytes()), '\0');
+    file.read_raw(info, copied.data(), copied.size());
+    const unsigned char* mapped = file.mapped_bytes(info);
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(mapped), copied.size()), copied)
+        << info.name;
+  }
+  // The same pointer each time: one mapping per file.
+  EXPECT_EQ(file.mapped_bytes(file.tensors()[0]), file.mapped_bytes(file.tensors()[0]));
+  TensorInfo foreign = file.tensors()[0];
+  foreign.end += 1;
+  EXPECT_THROW(file.mapped_bytes(foreign), Error);
+}
+
+TEST_F(Safetensors, MappedBytesReportATruncatedFile) {
+  const std::string path = write_file(kValidHeader, valid_data());
+  SafetensorsFile file = SafetensorsFile::open(path);
+  fs::resize_file(path, static_cast<std::uintmax_t>(file.data_start() + 30));  // inside "f32"
+  try {
+    file.mapped_bytes(*file.find("f32"));
+    FAIL() << "mapped a truncated tensor";
+  } catch (const Error& error) {
+    expect_error(error, ErrorCode::io, "is truncated: tensor \"f32\" ends at byte ");
+  }
+}
+
 // ---- SafetensorsWriter
 // ---------------------------------------------------------------------------
 

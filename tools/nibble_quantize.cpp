@@ -698,15 +698,18 @@ struct Row {  // one line of the per-layer table
   double seconds = 0.0;
 };
 
-// Raw tensor bytes read into memory, typed views over them.
+// A tensor's raw bytes: in place in the memory-mapped input when their offset is aligned for the
+// dtype (the usual case: writers align the data section), else a copy; typed views over them.
 struct TensorData {
-  std::vector<unsigned char> bytes;
+  const unsigned char* data = nullptr;
+  std::size_t size = 0;
+  std::vector<unsigned char> copy;  // only when the mapped bytes are misaligned
   DType dtype = DType::f32;
   std::vector<int64_t> shape;  // the file's (0-sized and rank-0 tensors are copied, not viewed)
   template <class W>
   nibble::TensorView<const W> view() const {
-    return nibble::TensorView<const W>(reinterpret_cast<const W*>(bytes.data()),
-                                       nibble::Shape(shape), "weights");
+    return nibble::TensorView<const W>(reinterpret_cast<const W*>(data), nibble::Shape(shape),
+                                       "weights");
   }
 };
 
@@ -736,8 +739,8 @@ double relative_error(const std::vector<float>& original, const std::vector<floa
 std::vector<float> to_floats(const TensorData& data) {
   return with_weight_type(data.dtype, [&](auto weight) {
     using W = decltype(weight);
-    const auto* values = reinterpret_cast<const W*>(data.bytes.data());
-    std::vector<float> out(data.bytes.size() / sizeof(W));
+    const auto* values = reinterpret_cast<const W*>(data.data);
+    std::vector<float> out(data.size / sizeof(W));
     for (std::size_t index = 0; index < out.size(); ++index)
       out[index] = nibble::to_float(values[index]);
     return out;
@@ -766,10 +769,10 @@ class Converter {
     if (options_.format == Format::gguf) {
       keep_gguf(tensor.info, data);
     } else {
-      add_output(tensor.info.name, tensor.info.dtype, tensor.info.shape, data.bytes.data(),
-                 static_cast<int64_t>(data.bytes.size()));
+      add_output(tensor.info.name, tensor.info.dtype, tensor.info.shape, data.data,
+                 static_cast<int64_t>(data.size));
     }
-    row.bytes_after = static_cast<int64_t>(data.bytes.size());
+    row.bytes_after = static_cast<int64_t>(data.size);
   }
 
   // Quantizes per `decision`. Throws Error when the format cannot express the result.
@@ -805,9 +808,15 @@ class Converter {
   TensorData read(const InputTensor& tensor) {
     TensorData data;
     data.dtype = tensor.info.dtype;
-    data.bytes.resize(static_cast<std::size_t>(tensor.info.size_bytes()));
-    tensor.file->read_raw(tensor.info, data.bytes.data(), data.bytes.size());
     data.shape = tensor.info.shape;
+    data.size = static_cast<std::size_t>(tensor.info.size_bytes());
+    const unsigned char* mapped = tensor.file->mapped_bytes(tensor.info);
+    if (reinterpret_cast<std::uintptr_t>(mapped) % nibble::size_of(tensor.info.dtype) == 0) {
+      data.data = mapped;
+    } else {
+      data.copy.assign(mapped, mapped + data.size);
+      data.data = data.copy.data();
+    }
     return data;
   }
 
@@ -1040,8 +1049,7 @@ class Converter {
                                                                    : nibble::io::kGgmlBF16;
     std::vector<int64_t> shape = info.shape;
     if (shape.empty()) shape = {1};  // GGUF has no rank-0 tensors
-    add_output(info.name, info.dtype, shape, data.bytes.data(),
-               static_cast<int64_t>(data.bytes.size()), type);
+    add_output(info.name, info.dtype, shape, data.data, static_cast<int64_t>(data.size), type);
   }
 
  public:

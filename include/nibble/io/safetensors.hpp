@@ -29,8 +29,9 @@
 //   - a key other than dtype, shape and data_offsets in a tensor entry (the reference ignores
 //     it): it means a format extension this reader does not know;
 //   - safetensors dtypes nibble has no DType for (U16, F8_E4M3, ...): ErrorCode::unsupported.
-// Tensor data is read on demand (seek + read of that tensor only), so opening a large model
-// costs only its header. A SafetensorsFile owns one input stream: reads are not thread-safe.
+// Tensor data is read on demand, so opening a large model costs only its header: read_raw /
+// read_f32 seek and copy one tensor; mapped_bytes gives it in place through a memory map of the
+// file. A SafetensorsFile owns one input stream and one mapping: calls are not thread-safe.
 //
 // SafetensorsWriter (below) writes the format, streaming one tensor at a time.
 #pragma once
@@ -44,6 +45,7 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <memory>
 #include <ostream>
 #include <string>
 #include <string_view>
@@ -57,6 +59,7 @@
 #include "nibble/core/error.hpp"
 #include "nibble/core/float16.hpp"
 #include "nibble/io/json.hpp"
+#include "nibble/io/mapped_file.hpp"
 
 namespace nibble::io {
 
@@ -112,6 +115,13 @@ class SafetensorsFile {
   // ErrorCode::io when the file has been truncated since open().
   void read_raw(const TensorInfo& info, void* out, std::size_t out_size);
 
+  // The bytes of `info` (a TensorInfo of this file) in place, through a read-only memory map of
+  // the file made on first use (io/mapped_file.hpp): no copy, pages read on first touch, valid
+  // while this SafetensorsFile lives. Throws ErrorCode::io when mapping fails or the file is now
+  // shorter than the header says. The pointer has the alignment of its file offset only: check
+  // it before viewing the bytes as wider elements.
+  const unsigned char* mapped_bytes(const TensorInfo& info);
+
  private:
   SafetensorsFile() = default;
 
@@ -120,6 +130,7 @@ class SafetensorsFile {
 
   std::string path_;
   std::ifstream stream_;
+  std::unique_ptr<MappedFile> mapping_;  // made by the first mapped_bytes()
   int64_t data_start_ = 0;
   std::vector<TensorInfo> tensors_;
   std::map<std::string, std::string> metadata_;
@@ -425,6 +436,22 @@ inline void SafetensorsFile::read_raw(const TensorInfo& info, void* out, std::si
   }
   read_at(data_start_ + own->begin, static_cast<char*>(out), byte_count,
           "tensor \"" + own->name + "\"");
+}
+
+inline const unsigned char* SafetensorsFile::mapped_bytes(const TensorInfo& info) {
+  const TensorInfo* own = find(info.name);
+  if (own == nullptr || own->begin != info.begin || own->end != info.end) {
+    nibble::detail::fail(ErrorCode::invalid_argument, "mapped_bytes: info for tensor \"", info.name,
+                         "\" does not describe a tensor of \"", path_, "\"");
+  }
+  if (!mapping_) mapping_ = std::make_unique<MappedFile>(MappedFile::open(path_));
+  const auto end = static_cast<uint64_t>(data_start_ + own->end);
+  if (end > mapping_->size()) {
+    nibble::detail::fail(ErrorCode::io, "safetensors file \"", path_, "\" is truncated: tensor \"",
+                         own->name, "\" ends at byte ", end, " but the mapping holds ",
+                         mapping_->size());
+  }
+  return mapping_->data() + data_start_ + own->begin;
 }
 
 inline std::vector<float> SafetensorsFile::read_f32(std::string_view name) {

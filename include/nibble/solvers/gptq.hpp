@@ -402,8 +402,8 @@ void gptq_rows(const TensorView<const W>& weights, int64_t row_begin, int64_t ro
   result.sweep_seconds += seconds_since(sweep_start);
   result.loss += loss;
 
-  // Into the canonical layout (pad codes: the last group's zero point). The unused zero-point
-  // slots stay 0 under every convention, as gptq_rows has always written them.
+  // Into the canonical layout (pad codes: the last group's zero point; the unused zero-point
+  // slots as the convention pads them, e.g. 8 under ort like MatMulNBits' own quantizer).
   std::vector<uint8_t> zero_codes(static_cast<std::size_t>(out.zero_slots()));
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t row = row_begin + r;
@@ -418,7 +418,7 @@ void gptq_rows(const TensorView<const W>& weights, int64_t row_begin, int64_t ro
       zero_codes[static_cast<std::size_t>(g)] =
           static_cast<uint8_t>(zeros[static_cast<std::size_t>(r * layout.n_groups + g)]);
     }
-    out.pack_row(row, codes.data() + r * layout.padded_k, zero_codes.data(), /*zero_pad=*/0);
+    out.pack_row(row, codes.data() + r * layout.padded_k, zero_codes.data());
   }
 }
 
