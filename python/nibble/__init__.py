@@ -91,6 +91,9 @@ __all__ = [
     "gguf_dequantize",
     "fused_merge",
     "fused_split",
+    "to_modelopt",
+    "fp8_e4m3_encode",
+    "fp8_e4m3_decode",
     "build_info",
 ]
 
@@ -996,6 +999,32 @@ def from_awq(checkpoint: AwqCheckpoint, symmetry: str = "asymmetric", convention
     )
     config = QuantConfig(4, int(checkpoint.group_size), arrays[2] is None, convention)
     return QuantTensor._from_arrays(arrays, (checkpoint.out_features, checkpoint.in_features), config, scale_dtype)
+
+
+# ---- TensorRT-LLM / ModelOpt, FP8 -----------------------------------------------------------------
+
+
+def to_modelopt(tensor: QuantTensor) -> Tuple[np.ndarray, np.ndarray]:
+    """A canonical 4-bit symmetric ``[..., N, K]`` tensor as NVIDIA ModelOpt's INT4 checkpoint
+    tensors for TensorRT-LLM: ``(weight uint8 [..., N/2, K], weights_scaling_factor float32
+    [..., N, K/G])``; ``weight`` packs the signed codes ``q = code - 8`` of outputs 2i (low
+    nibble) and 2i+1 (high nibble), and ``w = q * weights_scaling_factor``."""
+    weight, scales = _nibble.to_modelopt(tensor._ref)
+    return weight, scales
+
+
+def fp8_e4m3_encode(x: np.ndarray, saturate: bool = True) -> np.ndarray:
+    """float32 -> FP8 e4m3fn bit patterns (uint8), round to nearest even. Overflow saturates to
+    +-448 (TensorRT-LLM, CUDA ``__NV_SATFINITE``) or, with ``saturate=False``, gives NaN like
+    ``ml_dtypes.float8_e4m3fn`` casts. View the result with ``.view(ml_dtypes.float8_e4m3fn)``."""
+    x = _check_array(x, "x", [np.dtype(np.float32)], min_rank=0)
+    return _nibble.fp8_e4m3_encode(x, bool(saturate))
+
+
+def fp8_e4m3_decode(codes: np.ndarray) -> np.ndarray:
+    """FP8 e4m3fn bit patterns (uint8) -> float32, exactly."""
+    codes = _check_array(codes, "codes", [np.dtype(np.uint8)], min_rank=0)
+    return _nibble.fp8_e4m3_decode(codes)
 
 
 # ---- GGUF blocks --------------------------------------------------------------------------------

@@ -792,6 +792,50 @@ nb::tuple from_awq(const InArray& qweight, const InArray& qzeros, const InArray&
   });
 }
 
+// ---- TensorRT-LLM / ModelOpt, FP8 ---------------------------------------------------------------
+
+// (weight uint8 [..., N / 2, K], weights_scaling_factor float32 [..., N, K / G]) of a canonical
+// 4-bit symmetric tensor: trtllm::to_modelopt.
+nb::tuple to_modelopt(const TensorRef& tensor) {
+  return tensor.visit([](const auto& view) {
+    nibble::trtllm::Int4Checkpoint checkpoint = nibble::trtllm::to_modelopt(view);
+    const nibble::trtllm::Int4Layout layout = checkpoint.layout;
+    return nb::make_tuple(
+        owned_array<uint8_t>(std::move(checkpoint.weight), layout.weight_shape()),
+        owned_array<float>(std::move(checkpoint.weights_scaling_factor), layout.scale_shape()));
+  });
+}
+
+std::vector<int64_t> dims_of(const InArray& array) {
+  std::vector<int64_t> dims(array.ndim());
+  for (std::size_t axis = 0; axis < array.ndim(); ++axis)
+    dims[axis] = static_cast<int64_t>(array.shape(axis));
+  return dims;
+}
+
+// float32 (any shape) -> fp8 e4m3fn bit patterns (uint8): round to nearest even; overflow
+// saturates to +-448 (TensorRT-LLM, CUDA SATFINITE) or, with saturate=False, becomes NaN
+// (ml_dtypes / torch casts).
+nb::ndarray<nb::numpy, uint8_t> fp8_e4m3_encode(const InArray& x, bool saturate) {
+  if (!has_dtype<float>(x)) type_error("x", "float32");
+  const auto overflow = saturate ? nibble::Fp8Overflow::saturate : nibble::Fp8Overflow::to_nan;
+  std::vector<uint8_t> codes(x.size());
+  const float* values = data_of<float>(x);
+  for (std::size_t index = 0; index < codes.size(); ++index)
+    codes[index] = nibble::to_fp8_e4m3(values[index], overflow).bits;
+  return owned_array<uint8_t>(std::move(codes), dims_of(x));
+}
+
+// fp8 e4m3fn bit patterns (uint8, any shape) -> float32, exactly.
+nb::ndarray<nb::numpy, float> fp8_e4m3_decode(const InArray& codes) {
+  if (!has_dtype<uint8_t>(codes)) type_error("codes", "uint8");
+  std::vector<float> values(codes.size());
+  const uint8_t* bits = data_of<uint8_t>(codes);
+  for (std::size_t index = 0; index < values.size(); ++index)
+    values[index] = nibble::to_float(nibble::fp8_e4m3::from_bits(bits[index]));
+  return owned_array<float>(std::move(values), dims_of(codes));
+}
+
 // ---- GGUF blocks ------------------------------------------------------------------------------
 
 // x float32 [..., K] -> uint8 [..., row_size(type, K)]: each row quantized to ggml blocks.
@@ -1068,6 +1112,9 @@ NB_MODULE(_nibble, m) {
         "scale_dtype"_a, "in_features"_a, "out_features"_a, "bits"_a, "group_size"_a,
         "zero_format"_a, "symmetry"_a, "convention"_a, "permuted"_a);
   m.def("to_awq", &to_awq, "tensor"_a);
+  m.def("to_modelopt", &to_modelopt, "tensor"_a);
+  m.def("fp8_e4m3_encode", &fp8_e4m3_encode, "x"_a, "saturate"_a);
+  m.def("fp8_e4m3_decode", &fp8_e4m3_decode, "codes"_a);
   m.def("from_awq", &from_awq, "qweight"_a, "qzeros"_a, "scales"_a, "scale_dtype"_a,
         "in_features"_a, "out_features"_a, "group_size"_a, "symmetry"_a, "convention"_a);
   m.def("gguf_quantize", &gguf_quantize, "x"_a, "type_id"_a);
