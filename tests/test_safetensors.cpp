@@ -490,8 +490,16 @@ TEST_F(Safetensors, MappedBytesAreTheFileBytesInPlace) {
     EXPECT_EQ(std::string(reinterpret_cast<const char*>(mapped), copied.size()), copied)
         << info.name;
   }
-  // The same pointer each time: one mapping per file.
+  // The same pointer each time: one mapping per file. Released pages read back from the file.
   EXPECT_EQ(file.mapped_bytes(file.tensors()[0]), file.mapped_bytes(file.tensors()[0]));
+  for (const TensorInfo& info : file.tensors()) {
+    std::string copied(static_cast<std::size_t>(info.size_bytes()), '\0');
+    file.read_raw(info, copied.data(), copied.size());
+    file.release_mapped(info);
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(file.mapped_bytes(info)), copied.size()),
+              copied)
+        << info.name;
+  }
   TensorInfo foreign = file.tensors()[0];
   foreign.end += 1;
   EXPECT_THROW(file.mapped_bytes(foreign), Error);

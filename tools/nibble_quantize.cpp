@@ -51,6 +51,7 @@
 #include "nibble/io/gguf_file.hpp"
 #include "nibble/io/json.hpp"
 #include "nibble/io/safetensors.hpp"
+#include "nibble/kernels/cpu/dequantize.hpp"
 #include "nibble/quantizer.hpp"
 #include "nibble/solvers/gptq.hpp"
 #include "nibble/solvers/kquant.hpp"
@@ -700,12 +701,31 @@ struct Row {  // one line of the per-layer table
 
 // A tensor's raw bytes: in place in the memory-mapped input when their offset is aligned for the
 // dtype (the usual case: writers align the data section), else a copy; typed views over them.
+// Destroying it drops the tensor's mapped pages, so resident memory stays O(one tensor) while
+// the run streams through the model.
 struct TensorData {
+  TensorData() = default;
+  TensorData(const TensorData&) = delete;
+  TensorData& operator=(const TensorData&) = delete;
+  TensorData(TensorData&& other) noexcept
+      : data(other.data),
+        size(other.size),
+        copy(std::move(other.copy)),
+        dtype(other.dtype),
+        shape(std::move(other.shape)),
+        file(std::exchange(other.file, nullptr)),
+        info(other.info) {}
+  ~TensorData() {
+    if (file != nullptr) file->release_mapped(*info);
+  }
+
   const unsigned char* data = nullptr;
   std::size_t size = 0;
   std::vector<unsigned char> copy;  // only when the mapped bytes are misaligned
   DType dtype = DType::f32;
   std::vector<int64_t> shape;  // the file's (0-sized and rank-0 tensors are copied, not viewed)
+  SafetensorsFile* file = nullptr;  // whose mapped pages to release
+  const TensorInfo* info = nullptr;
   template <class W>
   nibble::TensorView<const W> view() const {
     return nibble::TensorView<const W>(reinterpret_cast<const W*>(data), nibble::Shape(shape),
@@ -726,23 +746,35 @@ decltype(auto) with_weight_type(DType dtype, F&& f) {
   }
 }
 
-double relative_error(const std::vector<float>& original, const std::vector<float>& approx) {
+// ||original - approx|| / ||original|| in double, summed on `threads` OpenMP threads.
+double relative_error(const std::vector<float>& original, const std::vector<float>& approx,
+                      int threads) {
   double error = 0.0, norm = 0.0;
-  for (std::size_t index = 0; index < original.size(); ++index) {
-    const double difference = static_cast<double>(original[index]) - approx[index];
+  const auto count = static_cast<int64_t>(original.size());
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) reduction(+ : error, norm) \
+    num_threads(nibble::detail::thread_count(threads))
+#else
+  (void)threads;
+#endif
+  for (int64_t index = 0; index < count; ++index) {
+    const double value = original[static_cast<std::size_t>(index)];
+    const double difference = value - approx[static_cast<std::size_t>(index)];
     error += difference * difference;
-    norm += static_cast<double>(original[index]) * original[index];
+    norm += value * value;
   }
   return norm > 0.0 ? std::sqrt(error / norm) : std::sqrt(error);
 }
 
-std::vector<float> to_floats(const TensorData& data) {
+std::vector<float> to_floats(const TensorData& data, int threads) {
   return with_weight_type(data.dtype, [&](auto weight) {
     using W = decltype(weight);
     const auto* values = reinterpret_cast<const W*>(data.data);
-    std::vector<float> out(data.size / sizeof(W));
-    for (std::size_t index = 0; index < out.size(); ++index)
-      out[index] = nibble::to_float(values[index]);
+    const auto count = static_cast<int64_t>(data.size / sizeof(W));
+    std::vector<float> out(static_cast<std::size_t>(count));
+    NIBBLE_PARALLEL_FOR(threads)
+    for (int64_t index = 0; index < count; ++index)
+      out[static_cast<std::size_t>(index)] = nibble::to_float(values[index]);
     return out;
   });
 }
@@ -778,10 +810,9 @@ class Converter {
   // Quantizes per `decision`. Throws Error when the format cannot express the result.
   void convert(const InputTensor& tensor, const nibble::TensorDecision& decision, Row& row) {
     TensorData data = read(tensor);
-    const std::vector<float> original = to_floats(data);
+    const std::vector<float> original = to_floats(data, options_.threads);
     std::vector<float> restored;
     const int64_t before = static_cast<int64_t>(outputs_.size());
-    const int64_t spool_before = spool_.size();
     try {
       if (options_.format == Format::gguf) {
         restored = convert_gguf(tensor.info, original, decision, row);
@@ -795,10 +826,9 @@ class Converter {
       }
     } catch (...) {
       outputs_.resize(static_cast<std::size_t>(before));  // the spool tail is dead bytes
-      (void)spool_before;
       throw;
     }
-    row.rel_error = relative_error(original, restored);
+    row.rel_error = relative_error(original, restored, options_.threads);
     row.bytes_after = 0;
     for (std::size_t index = static_cast<std::size_t>(before); index < outputs_.size(); ++index)
       row.bytes_after += outputs_[index].bytes;
@@ -811,6 +841,8 @@ class Converter {
     data.shape = tensor.info.shape;
     data.size = static_cast<std::size_t>(tensor.info.size_bytes());
     const unsigned char* mapped = tensor.file->mapped_bytes(tensor.info);
+    data.file = tensor.file;
+    data.info = &tensor.info;
     if (reinterpret_cast<std::uintptr_t>(mapped) % nibble::size_of(tensor.info.dtype) == 0) {
       data.data = mapped;
     } else {
@@ -979,7 +1011,13 @@ class Converter {
       case Format::gguf:
         break;  // convert_gguf
     }
-    return nibble::dequantize(q);
+    // The fast dequantizer (values exactly dequantize_ref's, threaded over rows).
+    std::vector<float> restored(static_cast<std::size_t>(q.shape().numel()));
+    nibble::DequantizeOptions dequantize_options;
+    dequantize_options.num_threads = options_.threads;
+    nibble::dequantize(view, nibble::TensorView<float>(restored.data(), q.shape()),
+                       dequantize_options);
+    return restored;
   }
 
   // GGUF: the block type for this decision.

@@ -12,6 +12,7 @@
 // mmap, open() reads the file into memory instead (same interface).
 #pragma once
 
+#include <algorithm>
 #include <cerrno>
 #include <cstddef>
 #include <cstring>
@@ -92,6 +93,26 @@ class MappedFile {
     file.size_ = file.copy_.size();
 #endif
     return file;
+  }
+
+  // Tells the system that bytes [offset, offset + size) will not be needed soon: their pages are
+  // dropped from this process (re-read from the file if touched again), so a reader streaming
+  // through a large file keeps O(one tensor) resident instead of O(file). Only whole pages inside
+  // the range are released. A no-op without mmap.
+  void release(std::size_t offset, std::size_t size) const noexcept {
+#if NIBBLE_HAVE_MMAP
+    if (!mapped_ || size == 0 || offset >= size_) return;
+    const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    const std::size_t end = std::min(offset + size, size_);
+    const std::size_t first = (offset + page - 1) / page * page;  // round the start up
+    const std::size_t last = end / page * page;                   // and the end down
+    if (last > first) {
+      ::madvise(const_cast<unsigned char*>(data_) + first, last - first, MADV_DONTNEED);
+    }
+#else
+    (void)offset;
+    (void)size;
+#endif
   }
 
   const unsigned char* data() const {

@@ -121,6 +121,14 @@ class SafetensorsFile {
   // shorter than the header says. The pointer has the alignment of its file offset only: check
   // it before viewing the bytes as wider elements.
   const unsigned char* mapped_bytes(const TensorInfo& info);
+  // Drops the mapped pages of `info` from memory (MappedFile::release): call it when done with
+  // a tensor read through mapped_bytes to keep resident memory O(one tensor).
+  void release_mapped(const TensorInfo& info) const {
+    if (mapping_) {
+      mapping_->release(static_cast<std::size_t>(data_start_ + info.begin),
+                        static_cast<std::size_t>(info.size_bytes()));
+    }
+  }
 
  private:
   SafetensorsFile() = default;
