@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "nibble/core/float8.hpp"
+#include "support/fixture_file.hpp"
 
 namespace {
 
@@ -168,51 +169,23 @@ struct Vectors {
   std::vector<uint8_t> saturate;
 };
 
-std::string fixture_path() {
-  const std::string source = __FILE__;
-  const std::size_t slash = source.find_last_of("/\\");
-  const std::string dir = slash == std::string::npos ? "." : source.substr(0, slash);
-  return dir + "/reference/fp8_vectors.bin";
-}
-
 // The format is described in tests/reference/fp8_vectors.py (little-endian, like this host).
-Vectors read_vectors(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) throw std::runtime_error("cannot open " + path + " (written by fp8_vectors.py)");
-  const std::vector<char> data((std::istreambuf_iterator<char>(file)),
-                               std::istreambuf_iterator<char>());
-  std::size_t at = 0;
-  const auto take = [&](void* out, std::size_t n) {
-    if (at + n > data.size()) throw std::runtime_error(path + " is truncated");
-    std::memcpy(out, data.data() + at, n);
-    at += n;
-  };
-  const auto u32 = [&] {
-    uint32_t value = 0;
-    take(&value, 4);
-    return value;
-  };
-  char magic[8];
-  take(magic, 8);
-  if (std::string(magic, 8) != "NBFP8V01") throw std::runtime_error(path + ": bad magic");
+Vectors read_vectors() {
+  nibble::testing::FixtureFile file(nibble::testing::reference_path("fp8_vectors.bin"),
+                                    "fp8_vectors.py", "NBFP8V01");
   Vectors v;
-  v.provenance.resize(u32());
-  take(v.provenance.data(), v.provenance.size());
-  v.decoded.resize(256);
-  take(v.decoded.data(), 256 * sizeof(uint32_t));
-  const uint32_t count = u32();
-  v.inputs.resize(count);
-  take(v.inputs.data(), count * sizeof(uint32_t));
-  v.to_nan.resize(count);
-  take(v.to_nan.data(), count);
-  v.saturate.resize(count);
-  take(v.saturate.data(), count);
-  if (at != data.size()) throw std::runtime_error(path + ": trailing bytes");
+  v.provenance = file.text();
+  v.decoded = file.values<uint32_t>(256);
+  const uint32_t count = file.u32();
+  v.inputs = file.values<uint32_t>(count);
+  v.to_nan = file.values<uint8_t>(count);
+  v.saturate = file.values<uint8_t>(count);
+  file.expect_end();
   return v;
 }
 
 const Vectors& vectors() {
-  static const Vectors loaded = read_vectors(fixture_path());
+  static const Vectors loaded = read_vectors();
   return loaded;
 }
 

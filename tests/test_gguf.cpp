@@ -19,6 +19,7 @@
 #include "nibble/formats/gguf.hpp"
 #include "nibble/kernels/cpu/reference.hpp"
 #include "nibble/quantizer.hpp"
+#include "support/fixture_file.hpp"
 #include "support/test_data.hpp"
 
 namespace {
@@ -443,64 +444,30 @@ struct Vectors {
   std::vector<VectorCase> cases;
 };
 
-std::string fixture_path() {
-  const std::string source = __FILE__;
-  const std::size_t slash = source.find_last_of("/\\");
-  const std::string dir = slash == std::string::npos ? "." : source.substr(0, slash);
-  return dir + "/reference/gguf_vectors.bin";
-}
-
 // The format is described in tests/reference/gguf_vectors.py (little-endian, like this host).
-Vectors read_vectors(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) throw std::runtime_error("cannot open " + path + " (written by gguf_vectors.py)");
-  const std::vector<char> data((std::istreambuf_iterator<char>(file)),
-                               std::istreambuf_iterator<char>());
-  std::size_t at = 0;
-  const auto take = [&](void* out, std::size_t n) {
-    if (at + n > data.size()) throw std::runtime_error(path + " is truncated");
-    std::memcpy(out, data.data() + at, n);
-    at += n;
-  };
-  const auto u32 = [&] {
-    uint32_t value = 0;
-    take(&value, 4);
-    return value;
-  };
-  const auto text = [&] {
-    std::string value(u32(), '\0');
-    take(value.data(), value.size());
-    return value;
-  };
-  const auto floats = [&](int64_t n) {
-    std::vector<float> values(static_cast<std::size_t>(n));
-    take(values.data(), values.size() * sizeof(float));
-    return values;
-  };
-  char magic[8];
-  take(magic, 8);
-  if (std::string(magic, 8) != "NBGGUFV1") throw std::runtime_error(path + ": bad magic");
+Vectors read_vectors() {
+  nibble::testing::FixtureFile file(nibble::testing::reference_path("gguf_vectors.bin"),
+                                    "gguf_vectors.py", "NBGGUFV1");
   Vectors vectors;
-  vectors.provenance = text();
-  const uint32_t n_cases = u32();
+  vectors.provenance = file.text();
+  const uint32_t n_cases = file.u32();
   for (uint32_t c = 0; c < n_cases; ++c) {
     VectorCase vc;
-    vc.name = text();
-    vc.type = gguf::type_info_from_id(u32()).type;
-    const bool has_input = u32() != 0;
-    vc.k = u32();
-    if (has_input) vc.input = floats(vc.k);
-    vc.blocks.resize(u32());
-    take(vc.blocks.data(), vc.blocks.size());
-    vc.dequantized = floats(vc.k);
+    vc.name = file.text();
+    vc.type = gguf::type_info_from_id(file.u32()).type;
+    const bool has_input = file.u32() != 0;
+    vc.k = file.u32();
+    if (has_input) vc.input = file.values<float>(static_cast<std::size_t>(vc.k));
+    vc.blocks = file.values<uint8_t>(file.u32());
+    vc.dequantized = file.values<float>(static_cast<std::size_t>(vc.k));
     vectors.cases.push_back(std::move(vc));
   }
-  if (at != data.size()) throw std::runtime_error(path + ": trailing bytes");
+  file.expect_end();
   return vectors;
 }
 
 const Vectors& vectors() {
-  static const Vectors loaded = read_vectors(fixture_path());
+  static const Vectors loaded = read_vectors();
   return loaded;
 }
 

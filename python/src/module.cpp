@@ -666,13 +666,11 @@ nb::tuple gptq_arrays(nibble::gptq::Checkpoint<ScaleT>&& checkpoint) {
                         checkpoint.sym, checkpoint.desc_act);
 }
 
-// Checkpoint arrays borrowed as a gptq::CheckpointView, every dtype and shape checked against
-// the layout of (in_features, out_features, bits, group_size, zero_format).
-template <class ScaleT>
-nibble::gptq::CheckpointView<ScaleT> gptq_view(const InArray& qweight, const InArray& qzeros,
-                                               const InArray& scales,
-                                               const std::optional<InArray>& g_idx,
-                                               const nibble::gptq::Layout& layout) {
+// The int32 qweight / qzeros and the scales of a GPTQ or AWQ checkpoint, checked against
+// `layout` (types and exact shapes) and borrowed into a CheckpointView (both have these fields).
+template <class View, class ScaleT, class Layout>
+View int32_checkpoint_view(const InArray& qweight, const InArray& qzeros, const InArray& scales,
+                           const Layout& layout) {
   layout.validate();
   if (!has_dtype<int32_t>(qweight)) type_error("qweight", "int32");
   if (!has_dtype<int32_t>(qzeros)) type_error("qzeros", "int32");
@@ -680,7 +678,7 @@ nibble::gptq::CheckpointView<ScaleT> gptq_view(const InArray& qweight, const InA
   expect_dims(qweight, layout.qweight_shape(), "qweight");
   expect_dims(qzeros, layout.qzeros_shape(), "qzeros");
   expect_dims(scales, layout.scales_shape(), "scales");
-  nibble::gptq::CheckpointView<ScaleT> view;
+  View view;
   view.layout = layout;
   view.qweight = data_of<int32_t>(qweight);
   view.qweight_count = static_cast<int64_t>(qweight.size());
@@ -688,6 +686,18 @@ nibble::gptq::CheckpointView<ScaleT> gptq_view(const InArray& qweight, const InA
   view.qzeros_count = static_cast<int64_t>(qzeros.size());
   view.scales = data_of<ScaleT>(scales);
   view.scale_count = static_cast<int64_t>(scales.size());
+  return view;
+}
+
+// Checkpoint arrays borrowed as a gptq::CheckpointView, every dtype and shape checked against
+// the layout of (in_features, out_features, bits, group_size, zero_format).
+template <class ScaleT>
+nibble::gptq::CheckpointView<ScaleT> gptq_view(const InArray& qweight, const InArray& qzeros,
+                                               const InArray& scales,
+                                               const std::optional<InArray>& g_idx,
+                                               const nibble::gptq::Layout& layout) {
+  auto view = int32_checkpoint_view<nibble::gptq::CheckpointView<ScaleT>, ScaleT>(qweight, qzeros,
+                                                                                  scales, layout);
   if (g_idx) {
     if (!has_dtype<int32_t>(*g_idx)) type_error("g_idx", "int32");
     expect_dims(*g_idx, layout.g_idx_shape(), "g_idx");
@@ -756,22 +766,8 @@ template <class ScaleT>
 nibble::awq::CheckpointView<ScaleT> awq_view(const InArray& qweight, const InArray& qzeros,
                                              const InArray& scales,
                                              const nibble::awq::Layout& layout) {
-  layout.validate();
-  if (!has_dtype<int32_t>(qweight)) type_error("qweight", "int32");
-  if (!has_dtype<int32_t>(qzeros)) type_error("qzeros", "int32");
-  check_scale_array<ScaleT>(scales, "scales");
-  expect_dims(qweight, layout.qweight_shape(), "qweight");
-  expect_dims(qzeros, layout.qzeros_shape(), "qzeros");
-  expect_dims(scales, layout.scales_shape(), "scales");
-  nibble::awq::CheckpointView<ScaleT> view;
-  view.layout = layout;
-  view.qweight = data_of<int32_t>(qweight);
-  view.qweight_count = static_cast<int64_t>(qweight.size());
-  view.qzeros = data_of<int32_t>(qzeros);
-  view.qzeros_count = static_cast<int64_t>(qzeros.size());
-  view.scales = data_of<ScaleT>(scales);
-  view.scale_count = static_cast<int64_t>(scales.size());
-  return view;
+  return int32_checkpoint_view<nibble::awq::CheckpointView<ScaleT>, ScaleT>(qweight, qzeros, scales,
+                                                                            layout);
 }
 
 nb::tuple to_awq(const TensorRef& tensor) {
