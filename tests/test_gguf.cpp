@@ -29,8 +29,8 @@ using nibble::ErrorCode;
 namespace gguf = nibble::gguf;
 using gguf::GgmlType;
 
-constexpr GgmlType kAllTypes[] = {GgmlType::q4_0, GgmlType::q4_1, GgmlType::q8_0, GgmlType::q4_K,
-                                  GgmlType::q6_K};
+constexpr GgmlType kAllTypes[] = {GgmlType::q4_0, GgmlType::q4_1, GgmlType::q8_0,
+                                  GgmlType::q2_K, GgmlType::q4_K, GgmlType::q6_K};
 
 std::vector<uint8_t> quantize(GgmlType type, const std::vector<float>& x) {
   const auto k = static_cast<int64_t>(x.size());
@@ -88,11 +88,10 @@ TEST(GgufTypes, IdsSizesAndBitsPerWeightAreGgmls) {
     int64_t block_size, type_size;
     double bits_per_weight;
   };
-  const Expected expected[] = {{GgmlType::q4_0, 2, "q4_0", 32, 18, 4.5},
-                               {GgmlType::q4_1, 3, "q4_1", 32, 20, 5.0},
-                               {GgmlType::q8_0, 8, "q8_0", 32, 34, 8.5},
-                               {GgmlType::q4_K, 12, "q4_K", 256, 144, 4.5},
-                               {GgmlType::q6_K, 14, "q6_K", 256, 210, 6.5625}};
+  const Expected expected[] = {
+      {GgmlType::q4_0, 2, "q4_0", 32, 18, 4.5},    {GgmlType::q4_1, 3, "q4_1", 32, 20, 5.0},
+      {GgmlType::q8_0, 8, "q8_0", 32, 34, 8.5},    {GgmlType::q2_K, 10, "q2_K", 256, 84, 2.625},
+      {GgmlType::q4_K, 12, "q4_K", 256, 144, 4.5}, {GgmlType::q6_K, 14, "q6_K", 256, 210, 6.5625}};
   for (const Expected& e : expected) {
     EXPECT_EQ(static_cast<uint32_t>(e.type), e.id);
     EXPECT_EQ(&gguf::type_info_from_id(e.id), &gguf::type_info(e.type));
@@ -106,13 +105,14 @@ TEST(GgufTypes, IdsSizesAndBitsPerWeightAreGgmls) {
   EXPECT_EQ(sizeof(gguf::block_q4_0), 18u);
   EXPECT_EQ(sizeof(gguf::block_q4_1), 20u);
   EXPECT_EQ(sizeof(gguf::block_q8_0), 34u);
+  EXPECT_EQ(sizeof(gguf::block_q2_K), 84u);
   EXPECT_EQ(sizeof(gguf::block_q4_K), 144u);
   EXPECT_EQ(sizeof(gguf::block_q6_K), 210u);
 }
 
 TEST(GgufTypes, UnknownIdsAndBadRowLengthsAreErrors) {
   EXPECT_EQ(error_code_of([] { gguf::type_info_from_id(1); }), ErrorCode::unsupported);   // F16
-  EXPECT_EQ(error_code_of([] { gguf::type_info_from_id(10); }), ErrorCode::unsupported);  // Q2_K
+  EXPECT_EQ(error_code_of([] { gguf::type_info_from_id(11); }), ErrorCode::unsupported);  // Q3_K
   EXPECT_EQ(error_code_of([] { gguf::row_size(GgmlType::q4_K, 100); }), ErrorCode::shape_mismatch);
   EXPECT_EQ(error_code_of([] { gguf::row_size(GgmlType::q4_0, 0); }), ErrorCode::shape_mismatch);
   EXPECT_EQ(error_code_of([] { gguf::row_size(GgmlType::q8_0, -32); }), ErrorCode::shape_mismatch);
@@ -206,7 +206,8 @@ TEST(GgufQ8_0, HandDerivedBlock) {
 // -8 side, so 16 levels span 2 * amax with the top one unused), (max - min) / 15 (Q4_1), and
 // amax / 127 (Q8_0); amax of 32 normals ~2.1 sigma, the range ~4.1 sigma: Q4_0 ~0.081,
 // Q4_1 ~0.079, Q8_0 ~0.0048. Measured (seed 11): Q4_0 0.0849, Q4_1 0.0781, Q8_0 0.00521, Q4_K
-// 0.0716 (its search and 6-bit sub-scales beat Q4_1 at the same 4 bits), Q6_K 0.0176.
+// 0.0716 (its search and 6-bit sub-scales beat Q4_1 at the same 4 bits), Q6_K 0.0176, Q2_K
+// 0.294 (4 levels per 16 weights).
 // Tolerances are the measured values plus ~10%.
 double round_trip_tolerance(GgmlType type) {
   switch (type) {
@@ -216,12 +217,59 @@ double round_trip_tolerance(GgmlType type) {
       return 0.086;
     case GgmlType::q8_0:
       return 0.0058;
+    case GgmlType::q2_K:
+      return 0.324;
     case GgmlType::q4_K:
       return 0.079;
     case GgmlType::q6_K:
       return 0.0194;
   }
   return 0.0;
+}
+
+TEST(GgufQ2_K, HandDerivedBlockDequantizes) {
+  // ggml-common.h block_q2_K and dequantize_row_q2_K: weight e = d * (sc & 15) * code -
+  // dmin * (sc >> 4), sc = scales[e / 16], code = bits 2i..2i+1 of qs[32 (e / 128) + e % 32] with
+  // i = (e % 128) / 32. Block: d = 1, dmin = 0.5, every sc = 0x21 (scale 1, min 2), qs[0] = 0xE4
+  // = 0b11100100: codes 0, 1, 2, 3 for weights 0, 32, 64, 96, so -1, 0, 1, 2; every other
+  // byte 0: code 0, weight -1. Sub-block 0 with sc = 0x03 instead: weight 0 = 3 * 0 - 0 = 0.
+  gguf::block_q2_K block{};
+  for (uint8_t& sc : block.scales)
+    sc = 0x21;
+  block.qs[0] = 0xE4;
+  block.d = nibble::from_float<nibble::fp16>(1.0f);
+  block.dmin = nibble::from_float<nibble::fp16>(0.5f);
+  std::vector<uint8_t> bytes(sizeof block);
+  std::memcpy(bytes.data(), &block, sizeof block);
+  const std::vector<float> y = dequantize(GgmlType::q2_K, bytes, 256);
+  EXPECT_EQ(y[0], -1.0f);
+  EXPECT_EQ(y[32], 0.0f);
+  EXPECT_EQ(y[64], 1.0f);
+  EXPECT_EQ(y[96], 2.0f);
+  EXPECT_EQ(y[1], -1.0f);
+  EXPECT_EQ(y[255], -1.0f);
+  block.scales[0] = 0x03;
+  std::memcpy(bytes.data(), &block, sizeof block);
+  EXPECT_EQ(dequantize(GgmlType::q2_K, bytes, 256)[0], 0.0f);
+}
+
+TEST(GgufQ2_K, QuantizesGaussianRowsAndZeroBlocks) {
+  const std::vector<float> x = nibble::testing::gaussian(4 * 256, 71);
+  const std::vector<uint8_t> blocks = quantize(GgmlType::q2_K, x);
+  const std::vector<float> y = dequantize(GgmlType::q2_K, blocks, static_cast<int64_t>(x.size()));
+  double error = 0, norm = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    error += (x[i] - y[i]) * double(x[i] - y[i]);
+    norm += x[i] * double(x[i]);
+  }
+  // 2 bits with a 4-bit scale and min per 16 weights: llama.cpp's Q2_K gives ~0.3 relative RMS
+  // on Gaussian data (4 levels per group); 0.45 leaves margin without admitting a broken search.
+  EXPECT_LT(std::sqrt(error / norm), 0.45);
+  EXPECT_GT(std::sqrt(error / norm), 0.1);
+  const std::vector<float> zeros(256, 0.0f);
+  const std::vector<uint8_t> zero_block = quantize(GgmlType::q2_K, zeros);
+  EXPECT_EQ(zero_block, std::vector<uint8_t>(84, 0));
+  EXPECT_EQ(dequantize(GgmlType::q2_K, zero_block, 256), zeros);
 }
 
 TEST(GgufRoundTrip, GaussianRowsWithinTolerance) {

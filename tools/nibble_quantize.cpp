@@ -109,6 +109,16 @@ const char* format_name(Format format) {
   return "?";
 }
 
+// Case-insensitive equality of ASCII names ("Q4_K" names ggml's "q4_K").
+bool same_letters(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t index = 0; index < a.size(); ++index) {
+    const auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; };
+    if (lower(a[index]) != lower(b[index])) return false;
+  }
+  return true;
+}
+
 struct Options {
   std::string input;
   std::string output;
@@ -160,7 +170,8 @@ options:
   --override 'RE=SPEC'    tensors whose name matches RE get SPEC = bits:N[,group:G][,sym|asym]
                           (repeatable; later ones win)
   --skip RE               tensors matching RE stay in float (repeatable)
-  --gguf-type T           Q4_0 | Q4_1 | Q8_0 | Q4_K | Q6_K   [4-bit: Q4_0 sym / Q4_1 asym; 8: Q8_0]
+  --gguf-type T           Q4_0 | Q4_1 | Q8_0 | Q2_K | Q4_K | Q6_K
+                          [4-bit: Q4_0 sym / Q4_1 asym; 8: Q8_0; 2: Q2_K]
   --calibration FILE      GPTQ: a safetensors file holding, for each weight W [N, K] to quantize,
                           a float tensor named like W with shape [tokens, K]: the layer's inputs
   --quantize-embeddings   also quantize embedding tables (by default they stay in float)
@@ -1027,19 +1038,17 @@ class Converter {
     // An explicit --gguf-type applies to the base bit width; overrides (e.g. lm_head at 8 bits)
     // choose by their own bits.
     if (explicit_type && decision.config.bits == options_.bits) {
-      for (GgmlType type :
-           {GgmlType::q4_0, GgmlType::q4_1, GgmlType::q8_0, GgmlType::q4_K, GgmlType::q6_K}) {
-        if (*options_.gguf_type == nibble::gguf::type_name(type)) return type;
+      for (GgmlType type : {GgmlType::q4_0, GgmlType::q4_1, GgmlType::q8_0, GgmlType::q2_K,
+                            GgmlType::q4_K, GgmlType::q6_K}) {
+        if (same_letters(*options_.gguf_type, nibble::gguf::type_name(type))) return type;
       }
       nibble::detail::fail(ErrorCode::invalid_argument, "--gguf-type \"", *options_.gguf_type,
-                           "\" is unknown (expected Q4_0, Q4_1, Q8_0, Q4_K or Q6_K)");
+                           "\" is unknown (expected Q4_0, Q4_1, Q8_0, Q2_K, Q4_K or Q6_K)");
     }
     if (decision.config.bits == 8) return GgmlType::q8_0;
     if (decision.config.bits == 4)
       return decision.config.symmetric ? GgmlType::q4_0 : GgmlType::q4_1;
-    nibble::detail::fail(ErrorCode::unsupported, "GGUF: ", decision.config.bits,
-                         "-bit weights have no type here (expected 4 or 8 bits; Q2_K is not "
-                         "implemented)");
+    return GgmlType::q2_K;  // 2 bits (QuantConfig allows only 2, 4 and 8)
   }
 
   std::vector<float> convert_gguf(const TensorInfo& info, const std::vector<float>& original,
@@ -1055,7 +1064,7 @@ class Converter {
     // The group size must be the type's: GGUF blocks are fixed. K-quant super-blocks hold
     // sub-blocks of 16 (Q6_K) or 32 (Q4_K) with their own scales; accept 32 / 256 for them.
     const int64_t group = decision.config.group_size;
-    const bool k_type = type == GgmlType::q4_K || type == GgmlType::q6_K;
+    const bool k_type = type == GgmlType::q2_K || type == GgmlType::q4_K || type == GgmlType::q6_K;
     if (!k_type && group != block) {
       nibble::detail::fail(ErrorCode::unsupported, "GGUF ", nibble::gguf::type_name(type),
                            " has blocks of ", block, "; group size ", group,

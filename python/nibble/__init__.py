@@ -1039,7 +1039,7 @@ class GgufType(NamedTuple):
     type_size: int
 
 
-#: The ggml block types nibble implements, by name: q4_0, q4_1, q8_0, q4_K, q6_K.
+#: The ggml block types nibble implements, by name: q4_0, q4_1, q8_0, q2_K, q4_K, q6_K.
 GGUF_TYPES: Dict[str, GgufType] = {row[0]: GgufType(*row) for row in _nibble.gguf_types()}
 
 

@@ -274,3 +274,26 @@ def test_gptq_algo_with_calibration_inputs(model_dir, tmp_path, rng):
     assert gptq_error < 0.9 * np.linalg.norm(x @ (weight - rtn).T)
     missing = quantize_cli(directory, "-o", tmp_path / "out2", "--algo", "gptq", "--calibration", calibration, check=False)
     assert missing.returncode == 1 and 'has no tensor "model.layers.0.self_attn.q_proj.weight"' in missing.stderr
+
+
+def test_gguf_k_quants_by_bits_and_by_name(model_dir, tmp_path):
+    """--bits 2 writes Q2_K and --gguf-type Q4_K (any case) Q4_K where K is whole 256-blocks; the
+    other weights stay F32/F16 and are listed as not expressible. gguf-py dequantizes both types
+    to what nibble's own dequantizer gives."""
+    gguf = pytest.importorskip("gguf", reason="gguf-py (pip install gguf) is the reference reader")
+    directory, tensors = model_dir
+    name = "model.layers.0.mlp.down_proj.weight"  # [96, 256]
+    for arguments, expected in ((["--bits", "2"], gguf.GGMLQuantizationType.Q2_K),
+                                (["--gguf-type", "q4_k", "--asymmetric"], gguf.GGMLQuantizationType.Q4_K)):
+        out = tmp_path / expected.name
+        result = quantize_cli(directory, "-o", out, "--format", "gguf", *arguments)
+        assert "not expressible" in result.stdout  # K = 128 and 96 are not whole super-blocks
+        reader = gguf.GGUFReader(str(out / "model.gguf"))
+        found = {t.name: t for t in reader.tensors}
+        tensor = found[name]
+        assert tensor.tensor_type == expected
+        theirs = gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type).reshape(96, 256)
+        ours = nibble.gguf_dequantize(np.ascontiguousarray(np.asarray(tensor.data).reshape(96, -1)), expected.value)
+        np.testing.assert_array_equal(theirs, ours)
+        np.testing.assert_array_equal(ours, nibble.gguf_dequantize(nibble.gguf_quantize(tensors[name], expected.value), expected.value))
+        assert found["model.layers.0.self_attn.q_proj.weight"].tensor_type == gguf.GGMLQuantizationType.F32

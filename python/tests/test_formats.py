@@ -215,7 +215,7 @@ def test_gguf_signed_zero_blocks_differ_only_in_the_known_sign_bit(name, gguf):
     np.testing.assert_array_equal(nibble.gguf_dequantize(ours, name), gguf.quants.dequantize(ours, qtype))
 
 
-@pytest.mark.parametrize("name", ["q4_0", "q4_1", "q8_0", "q4_K", "q6_K"])
+@pytest.mark.parametrize("name", ["q4_0", "q4_1", "q8_0", "q2_K", "q4_K", "q6_K"])
 def test_gguf_dequantized_values_equal_gguf_py(name, gguf, rng):
     qtype = gguf.GGMLQuantizationType[name.upper()]
     x = gguf_inputs(rng).reshape(5, 2, 256)  # leading dimensions are kept

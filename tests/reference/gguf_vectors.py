@@ -14,7 +14,7 @@ Cases:
     a negative / positive extreme, +a / -a ties, constants, fp16-subnormal and fp16-limit scales,
     fp32 subnormals). Signed-zero cases ("signed_zero_*") are where gguf-py and the C reference
     disagree about the sign of a zero scale / min; the test checks that difference explicitly.
-  - "dequantize" cases (every type gguf-py dequantizes, Q4_K and Q6_K included): random block
+  - "dequantize" cases (every type gguf-py dequantizes, Q4_K, Q6_K and Q2_K included): random block
     bytes with finite fp16 fields (normal and subnormal), and gguf-py's dequantization.
 
 Format (little-endian):
@@ -40,12 +40,12 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants
 
 MAGIC = b"NBGGUFV1"
-TYPES = {"Q4_0": T.Q4_0, "Q4_1": T.Q4_1, "Q8_0": T.Q8_0, "Q4_K": T.Q4_K, "Q6_K": T.Q6_K}
+TYPES = {"Q4_0": T.Q4_0, "Q4_1": T.Q4_1, "Q8_0": T.Q8_0, "Q4_K": T.Q4_K, "Q6_K": T.Q6_K, "Q2_K": T.Q2_K}
 LEGACY = ("Q4_0", "Q4_1", "Q8_0")
-BLOCK_SIZE = {"Q4_0": 32, "Q4_1": 32, "Q8_0": 32, "Q4_K": 256, "Q6_K": 256}
+BLOCK_SIZE = {"Q4_0": 32, "Q4_1": 32, "Q8_0": 32, "Q4_K": 256, "Q6_K": 256, "Q2_K": 256}
 # Byte offsets of the fp16 fields of each block (ggml-common.h).
-FP16_FIELDS = {"Q4_0": [0], "Q4_1": [0, 2], "Q8_0": [0], "Q4_K": [0, 2], "Q6_K": [208]}
-TYPE_SIZE = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34, "Q4_K": 144, "Q6_K": 210}
+FP16_FIELDS = {"Q4_0": [0], "Q4_1": [0, 2], "Q8_0": [0], "Q4_K": [0, 2], "Q6_K": [208], "Q2_K": [80, 82]}
+TYPE_SIZE = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34, "Q4_K": 144, "Q6_K": 210, "Q2_K": 84}
 
 
 def f32(values):
@@ -172,7 +172,7 @@ def main():
         add_quantize("edge", name, edge)
         for case, x in signed_zero_rows().items():
             add_quantize(case, name, x)
-    for name in ("Q4_K", "Q6_K"):
+    for name in ("Q4_K", "Q6_K", "Q2_K"):
         if can_quantize(TYPES[name]):  # not in gguf 0.19.0; picked up if a later version adds it
             add_quantize("gaussian", name, rng.standard_normal(512))
             add_quantize("edge", name, np.concatenate([edge, edge[:64] * 0]))

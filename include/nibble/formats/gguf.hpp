@@ -1,5 +1,5 @@
-// GGUF / ggml block formats Q4_0, Q4_1, Q8_0, Q4_K, Q6_K: block structs, llama.cpp's reference
-// quantizers and its dequantizers, byte for byte.
+// GGUF / ggml block formats Q4_0, Q4_1, Q8_0, Q2_K, Q4_K, Q6_K: block structs, llama.cpp's
+// reference quantizers and its dequantizers, byte for byte.
 //
 //   std::vector<uint8_t> row(nibble::gguf::row_size(GgmlType::q4_K, k));
 //   nibble::gguf::quantize_row_q4_K(x, k, row.data());      // x: k floats, k % 256 == 0
@@ -22,7 +22,8 @@
 //     kquant searches' round_even agrees wherever nearest_int is valid); Q4_0 / Q4_1 truncate
 //     x * id + 8.5f (+ 0.5f), i.e. round half up; Q8_0 uses roundf (half away from zero);
 //   - Q4_K's and Q6_K's searches are kquant::search_llama_cpp (make_qkx2_quants with -1, 0.1, 20)
-//     and kquant::search_symmetric (make_qx_quants, rmse_type 1).
+//     and kquant::search_symmetric (make_qx_quants, rmse_type 1); Q2_K's is make_qkx2_quants
+//     with (-0.5, 0.1, 15, use_mad).
 // Bytes equal gguf-py 0.19.0's (gguf.quants) for Q4_0, Q4_1, Q8_0 except the sign of a zero
 // scale (see docs/formats.md: nibble follows the C code there); dequantized values equal
 // gguf-py's for all five types (tests/test_gguf.cpp against tests/reference/gguf_vectors.bin).
@@ -58,6 +59,7 @@ enum class GgmlType : uint32_t {
   q4_0 = 2,
   q4_1 = 3,
   q8_0 = 8,
+  q2_K = 10,
   q4_K = 12,
   q6_K = 14,
 };
@@ -93,6 +95,17 @@ struct block_q8_0 {
   int8_t qs[QK8_0];  // offset 2: qs[j] = code of weight j, -127 .. 127
 };
 
+// Q2_K: super-block of 256 weights = 16 sub-blocks of 16, each with a 4-bit scale and a 4-bit
+// min, those scaled by fp16 d and dmin; effectively 2.625 bits per weight.
+// weight e of sub-block s = d * (scales[s] & 15) * code - dmin * (scales[s] >> 4), code 0 .. 3.
+struct block_q2_K {
+  uint8_t scales[QK_K / 16];  // offset 0: low nibble = scale, high nibble = min of sub-block s
+  uint8_t qs[QK_K / 4];       // offset 16: 2 chunks of 32 bytes; chunk c byte l, bits 2i..2i+1:
+                              // code of weight 128c + 32i + l
+  fp16 d;                     // offset 80: super-block scale of the 4-bit scales
+  fp16 dmin;                  // offset 82: super-block scale of the 4-bit mins
+};
+
 // Q4_K: super-block of 256 weights = 8 sub-blocks of 32, each with a 6-bit scale and a 6-bit
 // min, those two sets scaled by fp16 d and dmin; effectively 4.5 bits per weight.
 // weight e of sub-block s = d * sc[s] * code - dmin * m[s].
@@ -123,6 +136,9 @@ static_assert(sizeof(block_q4_1) == 20 && offsetof(block_q4_1, m) == 2 &&
                   offsetof(block_q4_1, qs) == 4,
               "block_q4_1 layout");
 static_assert(sizeof(block_q8_0) == 34 && offsetof(block_q8_0, qs) == 2, "block_q8_0 layout");
+static_assert(sizeof(block_q2_K) == 84 && offsetof(block_q2_K, qs) == 16 &&
+                  offsetof(block_q2_K, d) == 80 && offsetof(block_q2_K, dmin) == 82,
+              "block_q2_K layout");
 static_assert(sizeof(block_q4_K) == 144 && offsetof(block_q4_K, dmin) == 2 &&
                   offsetof(block_q4_K, scales) == 4 && offsetof(block_q4_K, qs) == 16,
               "block_q4_K layout");
@@ -143,6 +159,7 @@ inline constexpr TypeInfo kTypes[] = {
     {GgmlType::q4_0, "q4_0", QK4_0, sizeof(block_q4_0)},
     {GgmlType::q4_1, "q4_1", QK4_1, sizeof(block_q4_1)},
     {GgmlType::q8_0, "q8_0", QK8_0, sizeof(block_q8_0)},
+    {GgmlType::q2_K, "q2_K", QK_K, sizeof(block_q2_K)},
     {GgmlType::q4_K, "q4_K", QK_K, sizeof(block_q4_K)},
     {GgmlType::q6_K, "q6_K", QK_K, sizeof(block_q6_K)},
 };
@@ -153,8 +170,8 @@ inline const TypeInfo& type_info_from_id(uint32_t id) {
     if (static_cast<uint32_t>(info.type) == id) return info;
   }
   nibble::detail::fail(ErrorCode::unsupported, "gguf: ggml type id ", id,
-                       " is not implemented (expected 2 = q4_0, 3 = q4_1, 8 = q8_0, 12 = q4_K or "
-                       "14 = q6_K)");
+                       " is not implemented (expected 2 = q4_0, 3 = q4_1, 8 = q8_0, 10 = q2_K, "
+                       "12 = q4_K or 14 = q6_K)");
 }
 inline const TypeInfo& type_info(GgmlType type) {
   return type_info_from_id(static_cast<uint32_t>(type));
@@ -621,6 +638,113 @@ inline void dequantize_row_q6_K(const void* blocks, int64_t k, float* y) {
   });
 }
 
+// ---- Q2_K -------------------------------------------------------------------------------------
+
+// x: k floats (k % 256 == 0) -> k / 256 block_q2_K (84 bytes each). quantize_row_q2_K_ref (the
+// path without an imatrix): per sub-block of 16, make_qkx2_quants(16, 3, x, |x|, ..., -0.5,
+// 0.1, 15, use_mad = true) gives (scale, min >= 0); the 16 scales and mins are quantized to 4
+// bits against their maxima (d = max_scale / 15, dmin = max_min / 15, nearest_int), and the codes
+// are recomputed from the stored values: code = clamp(nearest_int((x + dmin * m) / (d * sc)),
+// 0, 3), skipped (left as the search's) where d * sc == 0.
+inline void quantize_row_q2_K(const float* x, int64_t k, void* blocks) {
+  const char* function = "quantize_row_q2_K";
+  const TypeInfo& info = detail::check_row(function, GgmlType::q2_K, k, x, "x", blocks, "blocks");
+  detail::check_finite(function, info, x, k);
+  constexpr int kSub = 16;
+  constexpr float kLevels = 15.0f;  // q4scale: the 4-bit scale and min grid
+  const kquant::LlamaCppGrid grid{-0.5f, 0.1f, 15, true};
+  kquant::GroupScratch scratch(kSub);
+  detail::quantize_blocks<block_q2_K>(
+      x, k, blocks, info, [&](const float* xb, block_q2_K& out, int64_t b) {
+        uint8_t codes[QK_K];
+        float weights[kSub];
+        float scales[QK_K / kSub];
+        float mins[QK_K / kSub];
+        float max_scale = 0.0f;  // scales are >= 0 (the min is subtracted)
+        float max_min = 0.0f;
+        for (int j = 0; j < QK_K / kSub; ++j) {
+          const float* xs = xb + kSub * j;
+          for (int l = 0; l < kSub; ++l)
+            weights[l] = std::fabs(xs[l]);
+          const float lo = std::min(*std::min_element(xs, xs + kSub), 0.0f);
+          const float hi = *std::max_element(xs, xs + kSub);
+          if (hi != lo && !std::isfinite(4.f / (hi - lo))) {
+            // A range below ~1.2e-38: make_qkx2_quants' iscale is Inf (see quantize_row_q4_K).
+            std::fill(codes + kSub * j, codes + kSub * (j + 1), uint8_t{0});
+            scales[j] = 0.0f;
+            mins[j] = -lo;
+          } else {
+            const kquant::AffineFit fit =
+                kquant::search_llama_cpp(xs, weights, kSub, 3, codes + kSub * j, scratch, grid);
+            scales[j] = fit.scale;
+            mins[j] = -fit.offset;  // make_qkx2_quants' the_min
+          }
+          if (scales[j] > max_scale) max_scale = scales[j];
+          if (mins[j] > max_min) max_min = mins[j];
+        }
+        if (max_scale > 0) {
+          const float inverse = kLevels / max_scale;
+          // ggml assigns nearest_int's int to the uint8_t scales[j] (at most 15 here).
+          for (int j = 0; j < QK_K / kSub; ++j)
+            out.scales[j] =
+                static_cast<uint8_t>(detail::nearest_int(detail::mul(inverse, scales[j])));
+          out.d = detail::store_fp16(max_scale / kLevels, function, info, b, "d");
+        } else {
+          for (int j = 0; j < QK_K / kSub; ++j)
+            out.scales[j] = 0;
+          out.d = from_float<fp16>(0.0f);
+        }
+        if (max_min > 0) {
+          const float inverse = kLevels / max_min;
+          for (int j = 0; j < QK_K / kSub; ++j) {
+            const int level = detail::nearest_int(detail::mul(inverse, mins[j]));
+            out.scales[j] = static_cast<uint8_t>(out.scales[j] | (level << 4));
+          }
+          out.dmin = detail::store_fp16(max_min / kLevels, function, info, b, "dmin");
+        } else {
+          out.dmin = from_float<fp16>(0.0f);
+        }
+        for (int j = 0; j < QK_K / kSub; ++j) {
+          const float d = detail::mul(to_float(out.d), static_cast<float>(out.scales[j] & 0xF));
+          if (d == 0.0f) continue;
+          const float dm = detail::mul(to_float(out.dmin), static_cast<float>(out.scales[j] >> 4));
+          for (int l = 0; l < kSub; ++l) {
+            const int code = detail::nearest_int((xb[kSub * j + l] + dm) / d);
+            codes[kSub * j + l] = static_cast<uint8_t>(std::clamp(code, 0, 3));
+          }
+        }
+        // Byte l of chunk c holds weights 128c + l, + 32, + 64, + 96 in bits 0-1, 2-3, 4-5, 6-7.
+        for (int c = 0; c < QK_K / 128; ++c) {
+          for (int l = 0; l < 32; ++l) {
+            const uint8_t* w = codes + 128 * c + l;
+            out.qs[32 * c + l] =
+                static_cast<uint8_t>(w[0] | (w[32] << 2) | (w[64] << 4) | (w[96] << 6));
+          }
+        }
+      });
+}
+
+// blocks: k / 256 block_q2_K -> y: k floats. dequantize_row_q2_K: weight = dl * code - ml with
+// dl = d * (sc & 15), ml = dmin * (sc >> 4), each product rounded on its own.
+inline void dequantize_row_q2_K(const void* blocks, int64_t k, float* y) {
+  const TypeInfo& info =
+      detail::check_row("dequantize_row_q2_K", GgmlType::q2_K, k, blocks, "blocks", y, "y");
+  detail::dequantize_blocks<block_q2_K>(blocks, k, y, info, [](const block_q2_K& in, float* yb) {
+    const float d = to_float(in.d);
+    const float dmin = to_float(in.dmin);
+    for (int e = 0; e < QK_K; ++e) {
+      const int c = e / 128;         // chunk of 32 bytes
+      const int i = (e % 128) / 32;  // bit pair in the byte
+      const int l = e % 32;          // byte in the chunk
+      const uint8_t sc = in.scales[e / 16];
+      const float dl = detail::mul(d, static_cast<float>(sc & 0xF));
+      const float ml = detail::mul(dmin, static_cast<float>(sc >> 4));
+      const int code = (in.qs[32 * c + l] >> (2 * i)) & 3;
+      yb[e] = detail::mul(dl, static_cast<float>(code)) - ml;
+    }
+  });
+}
+
 // ---- by type id -------------------------------------------------------------------------------
 
 // x: k floats -> blocks: row_size(type, k) bytes.
@@ -632,6 +756,8 @@ inline void quantize_row(GgmlType type, const float* x, int64_t k, void* blocks)
       return quantize_row_q4_1(x, k, blocks);
     case GgmlType::q8_0:
       return quantize_row_q8_0(x, k, blocks);
+    case GgmlType::q2_K:
+      return quantize_row_q2_K(x, k, blocks);
     case GgmlType::q4_K:
       return quantize_row_q4_K(x, k, blocks);
     case GgmlType::q6_K:
@@ -649,6 +775,8 @@ inline void dequantize_row(GgmlType type, const void* blocks, int64_t k, float* 
       return dequantize_row_q4_1(blocks, k, y);
     case GgmlType::q8_0:
       return dequantize_row_q8_0(blocks, k, y);
+    case GgmlType::q2_K:
+      return dequantize_row_q2_K(blocks, k, y);
     case GgmlType::q4_K:
       return dequantize_row_q4_K(blocks, k, y);
     case GgmlType::q6_K:
@@ -720,6 +848,10 @@ inline QuantConfig canonical_config(GgmlType type, ConventionId convention, cons
       nibble::detail::fail(ErrorCode::unsupported, who,
                            ": Q6_K holds 6-bit codes, which the canonical layout (2, 4 or 8 bits) "
                            "cannot hold; dequantize it (dequantize_row) instead");
+    case GgmlType::q2_K:
+      nibble::detail::fail(ErrorCode::unsupported, who,
+                           ": Q2_K's offsets (dmin * m) are rarely whole multiples of its scales "
+                           "and no import is implemented; dequantize it (dequantize_row) instead");
   }
   type_info(type);  // throws for an id outside the enum
   return QuantConfig{};

@@ -111,7 +111,7 @@ inline const char* ggml_type_id_name(uint32_t id) {
 }
 
 inline constexpr const char* kSupportedTypes =
-    "0 = f32, 1 = f16, 30 = bf16, 2 = q4_0, 3 = q4_1, 8 = q8_0, 12 = q4_K or 14 = q6_K";
+    "0 = f32, 1 = f16, 30 = bf16, 2 = q4_0, 3 = q4_1, 8 = q8_0, 10 = q2_K, 12 = q4_K or 14 = q6_K";
 
 // The layout of type id `id`, or null when nibble does not read or write it.
 inline const GgmlTypeLayout* find_layout(uint32_t id) {

@@ -203,10 +203,22 @@ inline AffineFit search_ort(const float* x, const float* weights, int64_t n, int
   return {scale, lo};
 }
 
-// llama.cpp's make_qkx2_quants(n, nmax, x, weights, L, &the_min, Laux, -1, 0.1, 20, false):
-// `codes` receives the search's codes (0 .. nmax). Sums run left to right.
+// The grid of make_qkx2_quants' candidate scales, iscale = (rmin + rdelta * step + nmax) / range
+// for step = 0 .. steps, and its error measure: weighted squared error, or with use_mad the
+// weighted absolute error. The defaults are the call Q4_K / Q5_K / ORT's k_quant make
+// (-1, 0.1, 20, false); Q2_K uses (-0.5, 0.1, 15, true).
+struct LlamaCppGrid {
+  float rmin = -1.0f;
+  float rdelta = 0.1f;
+  int steps = 20;
+  bool use_mad = false;
+};
+
+// llama.cpp's make_qkx2_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep,
+// use_mad): `codes` receives the search's codes (0 .. nmax). Sums run left to right.
 inline AffineFit search_llama_cpp(const float* x, const float* weights, int64_t n, int nmax,
-                                  uint8_t* codes, GroupScratch& scratch) {
+                                  uint8_t* codes, GroupScratch& scratch,
+                                  const LlamaCppGrid& grid = {}) {
   float lo = x[0];
   float hi = x[0];
   float sum_w = weights[0];
@@ -232,7 +244,7 @@ inline AffineFit search_llama_cpp(const float* x, const float* weights, int64_t 
     float error = 0.0f;
     for (int64_t i = 0; i < n; ++i) {
       const float diff = (mul(scale, q[i]) + offset) - x[i];
-      error += mul(weights[i], mul(diff, diff));
+      error += mul(weights[i], grid.use_mad ? std::fabs(diff) : mul(diff, diff));
     }
     return error;
   };
@@ -241,8 +253,8 @@ inline AffineFit search_llama_cpp(const float* x, const float* weights, int64_t 
   float scale = 1.0f / inverse;
   quantize_at(inverse, best_codes);
   float best = error_of(best_codes, scale, lo);
-  for (int step = 0; step <= 20; ++step) {
-    inverse = (-1.0f + mul(0.1f, static_cast<float>(step)) + levels) / (hi - lo);
+  for (int step = 0; step <= grid.steps; ++step) {
+    inverse = (grid.rmin + mul(grid.rdelta, static_cast<float>(step)) + levels) / (hi - lo);
     quantize_at(inverse, candidate);
     float sum_l = 0.0f;
     float sum_l2 = 0.0f;
