@@ -697,8 +697,12 @@ inline void quantize_row_q2_K(const float* x, int64_t k, void* blocks) {
         if (max_min > 0) {
           const float inverse = kLevels / max_min;
           for (int j = 0; j < QK_K / kSub; ++j) {
+            // ggml's `scales[j] |= (l << 4)` keeps the low byte; the shift is done unsigned so a
+            // negative l (nearest_int of an Inf product when max_min is fp32-subnormal) stays
+            // defined and gives the bits x86 gives.
             const int level = detail::nearest_int(detail::mul(inverse, mins[j]));
-            out.scales[j] = static_cast<uint8_t>(out.scales[j] | (level << 4));
+            out.scales[j] =
+                static_cast<uint8_t>(out.scales[j] | (static_cast<uint32_t>(level) << 4));
           }
           out.dmin = detail::store_fp16(max_min / kLevels, function, info, b, "dmin");
         } else {
