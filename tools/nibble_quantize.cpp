@@ -792,9 +792,8 @@ std::vector<float> to_floats(const TensorData& data, int threads) {
 
 class Converter {
  public:
-  Converter(const Options& options, const nibble::Policy& policy, Spool& spool,
-            std::optional<SafetensorsFile>& calibration)
-      : options_(options), policy_(policy), spool_(spool), calibration_(calibration) {}
+  Converter(const Options& options, Spool& spool, std::optional<SafetensorsFile>& calibration)
+      : options_(options), spool_(spool), calibration_(calibration) {}
 
   std::vector<OutputTensor>& outputs() { return outputs_; }
 
@@ -876,11 +875,6 @@ class Converter {
     outputs_.push_back(std::move(out));
   }
 
-  template <class ScaleT>
-  static DType scale_dtype() {
-    return nibble::dtype_of<ScaleT>();
-  }
-
   // The module name: "model.layers.0.mlp.down_proj" for "...down_proj.weight".
   static std::string module_of(const std::string& name) {
     const std::string suffix = ".weight";
@@ -891,7 +885,7 @@ class Converter {
   }
 
   template <class ScaleT, class W>
-  nibble::QuantTensor<ScaleT> solve(const InputTensor& tensor, const TensorData& data,
+  nibble::QuantTensor<ScaleT> solve(const TensorInfo& info, const TensorData& data,
                                     const nibble::TensorDecision& decision,
                                     std::vector<int32_t>& g_idx) {
     const nibble::TensorView<const W> view = data.view<W>();
@@ -912,10 +906,10 @@ class Converter {
                                "GPTQ needs calibration inputs: pass --calibration FILE (a "
                                "safetensors file with a [tokens, K] float tensor per weight)");
         }
-        const TensorInfo* inputs = calibration_->find(tensor.info.name);
+        const TensorInfo* inputs = calibration_->find(info.name);
         if (inputs == nullptr) {
           nibble::detail::fail(ErrorCode::invalid_argument, "--calibration \"",
-                               calibration_->path(), "\" has no tensor \"", tensor.info.name,
+                               calibration_->path(), "\" has no tensor \"", info.name,
                                "\" (the inputs of this layer, [tokens, ", view.cols(), "])");
         }
         const std::vector<float> x = calibration_->read_f32(inputs->name);
@@ -943,11 +937,10 @@ class Converter {
   std::vector<float> convert_with(const TensorInfo& info, const TensorData& data,
                                   const nibble::TensorDecision& decision, Row& row) {
     std::vector<int32_t> g_idx;
-    const InputTensor input{info, nullptr};
-    nibble::QuantTensor<ScaleT> q = solve<ScaleT, W>(input, data, decision, g_idx);
+    nibble::QuantTensor<ScaleT> q = solve<ScaleT, W>(info, data, decision, g_idx);
     const nibble::QuantTensorView<ScaleT> view = q.view();
     const std::string module = module_of(info.name);
-    const DType scales_dtype = scale_dtype<ScaleT>();
+    const DType scales_dtype = nibble::dtype_of<ScaleT>();
     const auto bytes_of = [](const auto& vector) {
       return static_cast<int64_t>(vector.size() * sizeof(vector[0]));
     };
@@ -1104,7 +1097,6 @@ class Converter {
 
  private:
   const Options& options_;
-  const nibble::Policy& policy_;
   Spool& spool_;
   std::optional<SafetensorsFile>& calibration_;
   std::vector<OutputTensor> outputs_;
@@ -1151,9 +1143,6 @@ class Progress {
   }
   double seconds() const {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  }
-  void clear_line() const {
-    if (tty_ && !quiet_) std::fprintf(stderr, "\n");
   }
 
  private:
@@ -1249,6 +1238,12 @@ struct Totals {
   int64_t quantized_weights = 0, quantized_bytes_after = 0;
   int64_t converted = 0, kept = 0, dropped = 0;
   double seconds = 0;
+  // Bits per quantized weight, scales and zero points included.
+  double bits_per_weight() const {
+    return quantized_weights > 0 ? 8.0 * static_cast<double>(quantized_bytes_after) /
+                                       static_cast<double>(quantized_weights)
+                                 : 0.0;
+  }
 };
 
 JsonValue summary_json(const Options& options, const std::vector<Row>& rows, const Totals& totals,
@@ -1278,11 +1273,7 @@ JsonValue summary_json(const Options& options, const std::vector<Row>& rows, con
   summary.set("dropped", json_int(totals.dropped));
   summary.set("bytes_before", json_int(totals.bytes_before))
       .set("bytes_after", json_int(totals.bytes_after));
-  summary.set("bits_per_weight",
-              json_real(totals.quantized_weights > 0
-                            ? 8.0 * static_cast<double>(totals.quantized_bytes_after) /
-                                  static_cast<double>(totals.quantized_weights)
-                            : 0.0));
+  summary.set("bits_per_weight", json_real(totals.bits_per_weight()));
   summary.set("seconds", json_real(totals.seconds));
   summary.set("layers", JsonValue::make_array(std::move(layers)));
   return summary.value();
@@ -1396,7 +1387,7 @@ int run(const Options& options) {
   const bool gguf = options.format == Format::gguf;
   const fs::path output_file = output_dir / (gguf ? "model.gguf" : "model.safetensors");
   Spool spool(output_dir);
-  Converter converter(options, policy, spool, calibration);
+  Converter converter(options, spool, calibration);
   std::vector<Row> rows;
   Totals totals;
   int64_t total_bytes = 0;
@@ -1540,10 +1531,6 @@ int run(const Options& options) {
   const JsonValue summary = summary_json(options, rows, totals, output_file);
   if (!options.quiet) {
     print_table(rows, options.table_all);
-    const double bits_per_weight = totals.quantized_weights > 0
-                                       ? 8.0 * static_cast<double>(totals.quantized_bytes_after) /
-                                             static_cast<double>(totals.quantized_weights)
-                                       : 0.0;
     std::printf(
         "\n%lld tensors: %lld quantized, %lld kept in float, %lld dropped; %s -> %s (%.2fx); "
         "%.3f bits per quantized weight (scales and zero points included); %.2f s\nwrote %s\n",
@@ -1551,7 +1538,7 @@ int run(const Options& options) {
         static_cast<long long>(totals.kept), static_cast<long long>(totals.dropped),
         size_text(totals.bytes_before).c_str(), size_text(totals.bytes_after).c_str(),
         static_cast<double>(totals.bytes_before) / static_cast<double>(totals.bytes_after),
-        bits_per_weight, totals.seconds, output_file.string().c_str());
+        totals.bits_per_weight(), totals.seconds, output_file.string().c_str());
   }
   if (options.json) {
     const std::string text = json_text(summary);
