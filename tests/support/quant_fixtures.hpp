@@ -72,6 +72,23 @@ QuantTensor<ScaleT> random_tensor(int64_t n_outputs, int64_t k, const QuantConfi
       [&](int64_t, int64_t) { return scale_dist(random); });
 }
 
+// A 4-bit config: groups of `group_size` (or kPerChannel), with or without zero points.
+inline QuantConfig int4_config(int64_t group_size, bool symmetric) {
+  QuantConfig config;
+  config.bits = 4;
+  config.group_size = group_size;
+  config.symmetric = symmetric;
+  return config;
+}
+
+// The same bytes under another shape with the same rows and K ([E * N, K] as [E, N, K]).
+template <class ScaleT>
+QuantTensorView<ScaleT> reshaped(const QuantTensor<ScaleT>& t, const Shape& shape) {
+  const QuantTensorView<ScaleT> all = t.view();
+  return QuantTensorView<ScaleT>(shape, all.config(), all.qweight(), all.qweight_bytes(),
+                                 all.scales(), all.scale_count(), all.zeros(), all.zero_bytes());
+}
+
 template <class T>
 bool same_bytes(const std::vector<T>& a, const std::vector<T>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
