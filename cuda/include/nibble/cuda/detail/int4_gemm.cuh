@@ -20,6 +20,7 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -241,9 +242,15 @@ void check_weights(const char* function, const Int4Weights<S>& w,
 }
 
 // The SASS the runtime picked for this device must be the family's architecture or newer: a build
-// for sm_80 only would otherwise reach the W4A8 kernel's sm_80 stub on an sm_90 device.
+// for sm_80 only would otherwise reach the W4A8 kernel's sm_80 stub on an sm_90 device. Checked
+// once per device (bit d of `verified`) for each kernel.
 template <class Kernel>
-void check_binary(const char* function, Kernel kernel, int min_arch, const char* needs) {
+void check_binary(const char* function, Kernel kernel, int min_arch, const char* needs,
+                  std::atomic<uint64_t>& verified) {
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), function, "cudaGetDevice");
+  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+  if ((verified.load(std::memory_order_relaxed) & bit) != 0) return;
   cudaFuncAttributes attributes{};
   check_cuda(cudaFuncGetAttributes(&attributes, kernel), function, "cudaFuncGetAttributes");
   if (attributes.binaryVersion < min_arch) {
@@ -251,13 +258,15 @@ void check_binary(const char* function, Kernel kernel, int min_arch, const char*
                  attributes.binaryVersion, " (", needs, " needs code for sm_", min_arch,
                  " or newer: add it to the CUDA architectures of the build)");
   }
+  verified.fetch_or(bit, std::memory_order_relaxed);
 }
 
 template <class Family, bool kZeroPoints, int kMTiles>
 void launch(const Params<typename Family::Out, typename Family::Scale, typename Family::X>& params,
             const LaunchPlan& plan, cudaStream_t stream, const char* function) {
   const auto kernel = gemm_kernel<Family, kZeroPoints, kMTiles>;
-  check_binary(function, kernel, Family::kMinArch, Family::kNeeds);
+  static std::atomic<uint64_t> verified_devices{0};
+  check_binary(function, kernel, Family::kMinArch, Family::kNeeds, verified_devices);
   constexpr int kShared = Family::Stage::shared_bytes(kMTiles);
   if constexpr (kShared > 48 * 1024) {
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kShared),
