@@ -444,6 +444,11 @@ TEST(W4A16Layout, ClearErrors) {
   expect_error([] { check_shape("f", 64, 384, 256); }, ErrorCode::unsupported, {"group size 256"});
   const auto eight_bit = random_tensor<float>(64, 128, QuantConfig{8, 32, true}, 1);
   expect_error([&] { repack<fp16>(eight_bit.view()); }, ErrorCode::unsupported, {"8-bit"});
+  auto huge = random_tensor<float>(64, 128, config, 1);
+  huge.scales()[5] = 1e6f;  // finite in float, infinite in fp16
+  expect_error([&] { repack<fp16>(huge.view()); }, ErrorCode::non_finite,
+               {"row 1, group 1", "65504"});
+  EXPECT_NO_THROW(repack<bf16>(huge.view()));  // bf16 has float's range
   const auto odd_n = random_tensor<float>(48, 128, config, 1);
   expect_error([&] { repack<bf16>(odd_n.view()); }, ErrorCode::unsupported, {"N = 48"});
   expect_error([] { plan_launch(0, 64, 128, 1, 1, 132); }, ErrorCode::invalid_argument,

@@ -31,6 +31,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -270,6 +271,12 @@ PackedWeights<S> repack_with(const char* who, const QuantTensorView<ScaleT>& w, 
       for (int64_t group = 0; group < packed.n_groups; ++group) {
         const auto at = static_cast<std::size_t>((expert * packed.n_groups + group) * packed.n + n);
         packed.scales[at] = scales != nullptr ? scales[at] : from_float<S>(w.scale(row, group));
+        if (!std::isfinite(to_float(packed.scales[at]))) {
+          detail::fail(ErrorCode::non_finite, who, ": the scale of row ", row, ", group ", group,
+                       " is ", to_float(packed.scales[at]), " as the kernel's ",
+                       std::is_same_v<S, fp16> ? "fp16" : "bf16", " (from ", w.scale(row, group),
+                       "; expected a finite value: fp16 holds at most 65504)");
+        }
         if (!packed.zeros.empty()) {
           packed.zeros[at] = from_float<S>(static_cast<float>(w.zero_point(row, group)));
         }
