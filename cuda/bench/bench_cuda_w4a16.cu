@@ -107,13 +107,11 @@ int main(int argc, char** argv) {
                     "splits", "w4a16 us", "cublas us", "speedup", "GB/s", "of HBM");
         const std::vector<int64_t> ms = gemm_rows(options.quick);
         for (const GemmShape& shape : gemm_shapes(options.quick)) {
-          if (options.dtype == "fp16") {
-            bench_shape<fp16>(shape, ms, device.stream, cublas, device.properties.l2CacheSize,
-                              device.hbm_gbps, "fp16");
-          } else {
-            bench_shape<bf16>(shape, ms, device.stream, cublas, device.properties.l2CacheSize,
-                              device.hbm_gbps, "bf16");
-          }
+          with_dtype(options, [&](auto type) {
+            bench_shape<decltype(type)>(shape, ms, device.stream, cublas,
+                                        device.properties.l2CacheSize, device.hbm_gbps,
+                                        options.dtype.c_str());
+          });
         }
         cublasDestroy(cublas);
       });

@@ -147,6 +147,16 @@ struct BenchOptions {
   std::string dtype = "fp16";  // the activation / output type: fp16 or bf16
 };
 
+// Calls f(fp16{}) or f(bf16{}) for the type --dtype named.
+template <class F>
+void with_dtype(const BenchOptions& options, F&& f) {
+  if (options.dtype == "fp16") {
+    f(fp16{});
+  } else {
+    f(bf16{});
+  }
+}
+
 struct BenchDevice {
   cudaDeviceProp properties{};
   cudaStream_t stream = nullptr;

@@ -421,7 +421,6 @@ struct StageLayout {
   static constexpr int kXRowBytes = kBlockK * kXElementBytes;
   static constexpr int kXChunksPerRow = kXRowBytes / 16;
   static constexpr int kWeightBytes = kBlockN * kBlockK / 2;
-  static constexpr int kMaxGroupsPerStage = kMaxGroups;
   static constexpr int kGroupBytes = kMaxGroups * kBlockN * 2;
   NIBBLE_HOST_DEVICE static constexpr int x_bytes(int m_tiles) {
     return kMTile * m_tiles * kXRowBytes;
