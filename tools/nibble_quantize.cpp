@@ -757,24 +757,31 @@ decltype(auto) with_weight_type(DType dtype, F&& f) {
   }
 }
 
-// ||original - approx|| / ||original|| in double, summed on `threads` OpenMP threads.
+// ||original - approx|| / ||original|| in double, summed in fixed chunks on `threads` OpenMP
+// threads (the same sum whatever the thread count).
 double relative_error(const std::vector<float>& original, const std::vector<float>& approx,
                       int threads) {
-  double error = 0.0, norm = 0.0;
+  constexpr int64_t kChunk = int64_t{1} << 16;
   const auto count = static_cast<int64_t>(original.size());
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) reduction(+ : error, norm) \
-    num_threads(nibble::detail::thread_count(threads))
-#else
-  (void)threads;
-#endif
-  for (int64_t index = 0; index < count; ++index) {
-    const double value = original[static_cast<std::size_t>(index)];
-    const double difference = value - approx[static_cast<std::size_t>(index)];
-    error += difference * difference;
-    norm += value * value;
+  const int64_t chunks = (count + kChunk - 1) / kChunk;
+  std::vector<double> error(static_cast<std::size_t>(chunks)), norm(error.size());
+  nibble::detail::parallel_for_ranges(threads, count, kChunk, [&](int64_t begin, int64_t end) {
+    double chunk_error = 0.0, chunk_norm = 0.0;
+    for (int64_t index = begin; index < end; ++index) {
+      const double value = original[static_cast<std::size_t>(index)];
+      const double difference = value - approx[static_cast<std::size_t>(index)];
+      chunk_error += difference * difference;
+      chunk_norm += value * value;
+    }
+    error[static_cast<std::size_t>(begin / kChunk)] = chunk_error;
+    norm[static_cast<std::size_t>(begin / kChunk)] = chunk_norm;
+  });
+  double total_error = 0.0, total_norm = 0.0;
+  for (std::size_t chunk = 0; chunk < error.size(); ++chunk) {
+    total_error += error[chunk];
+    total_norm += norm[chunk];
   }
-  return norm > 0.0 ? std::sqrt(error / norm) : std::sqrt(error);
+  return total_norm > 0.0 ? std::sqrt(total_error / total_norm) : std::sqrt(total_error);
 }
 
 std::vector<float> to_floats(const TensorData& data, int threads) {
@@ -783,9 +790,12 @@ std::vector<float> to_floats(const TensorData& data, int threads) {
     const auto* values = reinterpret_cast<const W*>(data.data);
     const auto count = static_cast<int64_t>(data.size / sizeof(W));
     std::vector<float> out(static_cast<std::size_t>(count));
-    NIBBLE_PARALLEL_FOR(threads)
-    for (int64_t index = 0; index < count; ++index)
-      out[static_cast<std::size_t>(index)] = nibble::to_float(values[index]);
+    nibble::detail::parallel_for_ranges(threads, count, int64_t{1} << 16,
+                                        [&](int64_t begin, int64_t end) {
+                                          for (int64_t index = begin; index < end; ++index)
+                                            out[static_cast<std::size_t>(index)] =
+                                                nibble::to_float(values[index]);
+                                        });
     return out;
   });
 }
@@ -1071,11 +1081,13 @@ class Converter {
     const int64_t row_bytes = nibble::gguf::row_size(type, k);
     std::vector<unsigned char> blocks(static_cast<std::size_t>(rows * row_bytes));
     std::vector<float> restored(original.size());
-    NIBBLE_PARALLEL_FOR(options_.threads)
-    for (int64_t r = 0; r < rows; ++r) {
+    // A row that cannot be quantized (a NaN or Inf weight) throws; the lowest such row's error
+    // comes out of the parallel region (core/parallel.hpp).
+    nibble::detail::parallel_for(options_.threads, rows, [&](int64_t r) {
       nibble::gguf::quantize_row(type, original.data() + r * k, k, blocks.data() + r * row_bytes);
       nibble::gguf::dequantize_row(type, blocks.data() + r * row_bytes, k, restored.data() + r * k);
-    }
+    });
+
     add_output(info.name, DType::u8, info.shape, blocks.data(), static_cast<int64_t>(blocks.size()),
                type);
     row.type = nibble::gguf::type_name(type);

@@ -149,29 +149,19 @@ class WeightQuantizer {
     return value;
   }
 
-  // Quantizes every row; rows are independent, so they run in parallel. A row that fails (its
-  // scale overflows) is marked, and the first marked row is redone serially to throw its message
-  // (exceptions must not leave an OpenMP region).
+  // Quantizes every row; rows are independent, so they run in parallel. A row whose scale
+  // overflows throws; parallel_for rethrows the lowest such row's error after the region.
   template <class RangeMath, class Math, class W>
   void quantize_rows(const TensorView<const W>& weights, QuantTensor<ScaleT>& out) const {
-    const int64_t rows = weights.rows();
-    std::vector<uint8_t> row_failed(static_cast<std::size_t>(rows), 0);
-    NIBBLE_PARALLEL_FOR(options_.num_threads)
-    for (int64_t row = 0; row < rows; ++row) {
-      row_failed[static_cast<std::size_t>(row)] =
-          quantize_row<RangeMath, Math>(weights, row, out, /*throw_on_failure=*/false) ? 0 : 1;
-    }
-    for (int64_t row = 0; row < rows; ++row) {
-      if (row_failed[static_cast<std::size_t>(row)] != 0) {
-        quantize_row<RangeMath, Math>(weights, row, out, /*throw_on_failure=*/true);
-      }
-    }
+    detail::parallel_for(options_.num_threads, weights.rows(), [&](int64_t row) {
+      quantize_row<RangeMath, Math>(weights, row, out);
+    });
   }
 
-  // Quantizes one row into `out`; returns false (or throws) if a group's scale is unusable.
+  // Quantizes one row into `out`; throws ErrorCode::non_finite if a group's scale is unusable.
   template <class RangeMath, class Math, class W>
-  bool quantize_row(const TensorView<const W>& weights, int64_t row, QuantTensor<ScaleT>& out,
-                    bool throw_on_failure) const {
+  void quantize_row(const TensorView<const W>& weights, int64_t row,
+                    QuantTensor<ScaleT>& out) const {
     using V = typename Math::value_type;
     const Convention& convention = config_.convention_of();
     const RowLayout& layout = out.layout();
@@ -211,7 +201,6 @@ class WeightQuantizer {
                                         !std::isfinite(coder.reciprocal());
       if (!std::isfinite(params.scale) || !std::isfinite(to_float(stored)) ||
           reciprocal_overflows) {
-        if (!throw_on_failure) return false;
         detail::fail(ErrorCode::non_finite, "quantize: row ",
                      detail::format_index(weights.shape(), row, begin), " group ", group,
                      ": values in [", lo, ", ", hi, "] give scale ", params.scale, " stored as ",
@@ -227,7 +216,6 @@ class WeightQuantizer {
       zero_codes[static_cast<std::size_t>(group)] = static_cast<uint8_t>(params.zero);
     }
     out.pack_row(row, codes.data(), zero_codes.data());  // pads: 0.0's code, the convention's
-    return true;
   }
 
   QuantConfig config_;

@@ -158,22 +158,25 @@ inline int search_threads(int requested, int64_t weight_count) {
 // Runs body(task) for task in [0, count) on `num_threads` OpenMP threads. Eigen's GEMM starts its
 // own OpenMP team unless it already runs in a team of > 1 threads, and it sizes that team from
 // omp_get_max_threads(); setting this thread's (task-local) ICV to 1 keeps every GEMM on the
-// thread that runs it, also when the team has one thread. `body` must not throw.
+// thread that runs it, also when the team has one thread. The lowest failing task's exception
+// is rethrown after the region (core/parallel.hpp).
 template <class Body>
 void run_calibration_tasks(int64_t count, int num_threads, const Body& body) {
   Eigen::initParallel();
+  ExceptionCapture capture;
 #if defined(_OPENMP)
   NIBBLE_PRAGMA(omp parallel num_threads(::nibble::detail::thread_count(num_threads))) {
     omp_set_num_threads(1);
     NIBBLE_PRAGMA(omp for schedule(dynamic, 1))
     for (int64_t task = 0; task < count; ++task)
-      body(task);
+      capture.run(task, [&] { body(task); });
   }
 #else
   (void)num_threads;
   for (int64_t task = 0; task < count; ++task)
-    body(task);
+    capture.run(task, [&] { body(task); });
 #endif
+  capture.rethrow();
 }
 
 // The calibration activations of one weight tensor, checked: `matrices` holds 1 (shared) or
@@ -426,8 +429,7 @@ AutoClipResult autoclip(TensorView<const W> weights,
   };
   // Writes the weights clamped per group with ratios (upper(slot), lower(slot)) into `out`.
   const auto clip_into = [&](std::vector<float>& out, const auto& upper_of, const auto& lower_of) {
-    NIBBLE_PARALLEL_FOR(threads)
-    for (int64_t row = 0; row < rows; ++row) {
+    detail::parallel_for(threads, rows, [&](int64_t row) {
       for (int64_t group = 0; group < n_groups; ++group) {
         const auto slot = static_cast<std::size_t>(row * n_groups + group);
         const float hi = group_hi[slot] * upper_of(slot);
@@ -439,7 +441,7 @@ AutoClipResult autoclip(TensorView<const W> weights,
               clamp_group(original[static_cast<std::size_t>(i)], lo, hi);
         }
       }
-    }
+    });
   };
 
   std::vector<float> clipped(original.size());

@@ -163,18 +163,16 @@ AwqResult awq_search(TensorView<const W> weights,
       if (!finite) std::fill(s, s + k, 1.0f);  // scored as unusable below
     }
 
-    NIBBLE_PARALLEL_FOR(threads)
-    for (int64_t row = 0; row < rows; ++row) {
+    detail::parallel_for(threads, rows, [&](int64_t row) {
       const float* s = scale.data() + (row / rows_per_matrix) * k;
       for (int64_t j = 0; j < k; ++j) {
         const auto i = static_cast<std::size_t>(row * k + j);
         scaled[i] = original[i] * s[j];
       }
-    }
+    });
     const std::vector<float> dequantized =
         detail::fake_quantize<ScaleT>(scaled, shape, config, options.solver, threads);
-    NIBBLE_PARALLEL_FOR(threads)
-    for (int64_t row = 0; row < rows; ++row) {
+    detail::parallel_for(threads, rows, [&](int64_t row) {
       const float* s = scale.data() + (row / rows_per_matrix) * k;
       for (int64_t j = 0; j < k; ++j) {
         const auto i = static_cast<std::size_t>(row * k + j);
@@ -183,7 +181,7 @@ AwqResult awq_search(TensorView<const W> weights,
         delta[i] = static_cast<float>(static_cast<double>(original[i]) -
                                       static_cast<double>(dequantized[i]) / s[j]);
       }
-    }
+    });
 
     std::fill(row_error.begin(), row_error.end(), 0.0);
     detail::run_calibration_tasks(n_matrices * row_blocks, threads, [&](int64_t task) {

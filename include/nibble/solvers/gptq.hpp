@@ -342,8 +342,7 @@ void gptq_rows(const TensorView<const W>& weights, int64_t row_begin, int64_t ro
     const int64_t count = block_end - block_begin;
     Matrix block = w.middleRows(block_begin, count);  // the working copy W1
     errors.resize(count, rows);
-    NIBBLE_PARALLEL_FOR(options.num_threads)
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    detail::parallel_for(options.num_threads, chunks, [&](int64_t chunk) {
       const int64_t r0 = chunk * kChunkRows;
       const int64_t r1 = std::min(r0 + kChunkRows, rows);
       for (int64_t i = 0; i < count; ++i) {
@@ -379,7 +378,7 @@ void gptq_rows(const TensorView<const W>& weights, int64_t row_begin, int64_t ro
             target[r] -= factor * column_errors[r];
         }
       }
-    }
+    });
     result.sweep_flops += static_cast<double>(rows * count * (count - 1));
     // W[block_end:, :] -= U[block, block_end:]^T E  (the lazy batch update)
     if (block_end < k) {

@@ -398,10 +398,8 @@ QuantTensor<ScaleT> kquant_quantize(TensorView<const W> weights, const QuantConf
   const int mid = 1 << (bits - 1);
   const bool symmetric = config.symmetric;
   const bool ort = options.variant == KQuantVariant::ort;
-  std::vector<uint8_t> row_failed(static_cast<std::size_t>(rows), 0);
-
-  // One row; false if a group's scale does not fit ScaleT (then redone serially to throw).
-  const auto quantize_row = [&](int64_t row, bool throw_on_failure) {
+  // One row; throws ErrorCode::non_finite if a group's scale does not fit ScaleT.
+  const auto quantize_row = [&](int64_t row) {
     const int64_t g = layout.group_size;
     std::vector<float> values(static_cast<std::size_t>(g));
     std::vector<float> search_weights(static_cast<std::size_t>(g));
@@ -477,7 +475,6 @@ QuantTensor<ScaleT> kquant_quantize(TensorView<const W> weights, const QuantConf
       }
       const ScaleT stored = rtn::store_scale<ScaleT>(scale);
       if (!std::isfinite(scale) || !std::isfinite(to_float(stored))) {
-        if (!throw_on_failure) return false;
         detail::fail(ErrorCode::non_finite, "kquant_quantize: row ",
                      detail::format_index(shape, row, begin), " group ", group,
                      ": the search gave scale ", scale, " stored as ", to_float(stored), " (",
@@ -487,15 +484,9 @@ QuantTensor<ScaleT> kquant_quantize(TensorView<const W> weights, const QuantConf
       zero_codes[static_cast<std::size_t>(group)] = static_cast<uint8_t>(zero);
     }
     out.pack_row(row, codes.data(), zero_codes.data());  // pads: 0.0's code, the convention's
-    return true;
   };
-
-  NIBBLE_PARALLEL_FOR(options.num_threads)
-  for (int64_t row = 0; row < rows; ++row)
-    row_failed[static_cast<std::size_t>(row)] = quantize_row(row, false) ? 0 : 1;
-  for (int64_t row = 0; row < rows; ++row) {
-    if (row_failed[static_cast<std::size_t>(row)] != 0) quantize_row(row, true);
-  }
+  // The lowest failing row's error is rethrown after the region.
+  detail::parallel_for(options.num_threads, rows, quantize_row);
   return out;
 }
 

@@ -56,8 +56,7 @@ void run_dequantize_rows(const QuantTensorView<ScaleT>& w, const int64_t* rows, 
   // Chunks of rows; a float output is written in place, others through a per-chunk buffer.
   constexpr int64_t kChunk = 64;
   const int64_t chunks = ceil_div(count, kChunk);
-  NIBBLE_PARALLEL_FOR(options.num_threads)
-  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+  parallel_for(options.num_threads, chunks, [&](int64_t chunk) {
     const int64_t begin = chunk * kChunk;
     const int64_t end = std::min(count, begin + kChunk);
     nibble_dequantize_operands part = op;
@@ -76,7 +75,7 @@ void run_dequantize_rows(const QuantTensorView<ScaleT>& w, const int64_t* rows, 
       for (int64_t i = 0; i < (end - begin) * w.k(); ++i)
         out[begin * w.k() + i] = from_float<OutT>(buffer[static_cast<std::size_t>(i)]);
     }
-  }
+  });
 }
 
 }  // namespace detail

@@ -203,6 +203,12 @@ void run_gemm_batch(const nibble_cpu_kernel_table& table, int bits, int scale, b
 
   const auto row_count = static_cast<int64_t>(row_items.size());
   const auto column_count = static_cast<int64_t>(column_items.size());
+  // Two phases in one team: the rows of X are prepared, then (after the implicit barrier of the
+  // first omp for: every X is prepared before any kernel reads it) the column chunks run. An
+  // exception in either phase is captured and rethrown after the region; a failed preparation
+  // skips the kernels.
+  ExceptionCapture prepare_failure;
+  ExceptionCapture kernel_failure;
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(threads)
 #endif
@@ -211,12 +217,13 @@ void run_gemm_batch(const nibble_cpu_kernel_table& table, int bits, int scale, b
 #pragma omp for schedule(dynamic, 1)
 #endif
     for (int64_t index = 0; index < row_count; ++index) {
-      const Item& item = row_items[static_cast<std::size_t>(index)];
-      fill_rows(item.problem, item.begin, item.end);
-      nibble_gemm_operands& op = ops[item.problem];
-      table.prepare_rows[b][a](&op, const_cast<void*>(op.prepared), item.begin, item.end);
+      prepare_failure.run(index, [&] {
+        const Item& item = row_items[static_cast<std::size_t>(index)];
+        fill_rows(item.problem, item.begin, item.end);
+        nibble_gemm_operands& op = ops[item.problem];
+        table.prepare_rows[b][a](&op, const_cast<void*>(op.prepared), item.begin, item.end);
+      });
     }
-    // (the implicit barrier of omp for: every X is prepared before any kernel reads it)
 #if defined(_OPENMP)
     void* thread_scratch = scratch[static_cast<std::size_t>(omp_get_thread_num())].data();
 #pragma omp for schedule(dynamic, 1)
@@ -224,10 +231,15 @@ void run_gemm_batch(const nibble_cpu_kernel_table& table, int bits, int scale, b
     void* thread_scratch = scratch[0].data();
 #endif
     for (int64_t index = 0; index < column_count; ++index) {
-      const Item& item = column_items[static_cast<std::size_t>(index)];
-      kernel(&ops[item.problem], item.begin, item.end, thread_scratch);
+      if (prepare_failure.failed()) continue;
+      kernel_failure.run(index, [&] {
+        const Item& item = column_items[static_cast<std::size_t>(index)];
+        kernel(&ops[item.problem], item.begin, item.end, thread_scratch);
+      });
     }
   }
+  prepare_failure.rethrow();
+  kernel_failure.rethrow();
 }
 
 }  // namespace nibble::detail

@@ -113,9 +113,10 @@ inline void bf16_activation_rows(const TensorView<const bf16>& x, int64_t begin,
 template <class ActT>
 void convert_outputs(const std::vector<float>& y_float, ActT* y, int num_threads) {
   const auto count = static_cast<int64_t>(y_float.size());
-  NIBBLE_PARALLEL_FOR(num_threads)
-  for (int64_t i = 0; i < count; ++i)
-    y[i] = from_float<ActT>(y_float[static_cast<std::size_t>(i)]);
+  parallel_for_ranges(num_threads, count, int64_t{1} << 14, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      y[i] = from_float<ActT>(y_float[static_cast<std::size_t>(i)]);
+  });
 }
 
 template <class ScaleT, class ActT>

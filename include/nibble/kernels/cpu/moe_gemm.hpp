@@ -106,8 +106,7 @@ void run_moe_gemm(const QuantTensorView<ScaleT>& w, const TensorView<const ActT>
                  });
 
   // y[t] = sum over slots in order of gate * (its route's row).
-  NIBBLE_PARALLEL_FOR(options.num_threads)
-  for (int64_t t = 0; t < tokens; ++t) {
+  parallel_for(options.num_threads, tokens, [&](int64_t t) {
     std::vector<float> sum(static_cast<std::size_t>(n), 0.0f);
     for (int64_t j = 0; j < top_k; ++j) {
       const float gate = gates != nullptr ? gates[t * top_k + j] : 1.0f;
@@ -119,7 +118,7 @@ void run_moe_gemm(const QuantTensorView<ScaleT>& w, const TensorView<const ActT>
     ActT* out = y.row(t);
     for (int64_t col = 0; col < n; ++col)
       out[col] = from_float<ActT>(sum[static_cast<std::size_t>(col)]);
-  }
+  });
 }
 
 }  // namespace detail
