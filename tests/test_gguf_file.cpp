@@ -8,11 +8,15 @@
 //     nibble's dequantization of each tensor, which tests/reference/check_gguf_file.py opens with
 //     gguf-py's GGUFReader and dequantizes with gguf.quants (run when NIBBLE_GGUF_EXPORT_DIR is
 //     set; see that script).
-// Round trips cover every value type and every tensor type with odd row counts; each reader
-// check has a file broken in exactly that way; seeded random mutations must give Error or a
-// readable file, never a crash (the suite also runs under ASan + UBSan).
+// Round trips cover every value type and every tensor type with odd row counts, string arrays
+// (empty, empty strings, NULs, strings longer than the reader's 1 MiB buffer, a 1M-token
+// vocabulary) and arrays of every element size across that buffer; each reader check has a file
+// broken in exactly that way; seeded random mutations must give Error or a readable file, never a
+// crash (the suite also runs under ASan + UBSan). A string array's memory is checked against the
+// file's bytes by the array's own account of its heap (deterministic; no test asserts a time).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdint>
@@ -21,12 +25,14 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <istream>
 #include <iterator>
 #include <limits>
 #include <memory>
 #include <random>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -40,6 +46,7 @@ using gguf::GgmlType;
 using nibble::Error;
 using nibble::ErrorCode;
 using nibble::io::GgufFile;
+using nibble::io::GgufStringArray;
 using nibble::io::GgufTensorInfo;
 using nibble::io::GgufValue;
 using nibble::io::GgufValueType;
@@ -430,6 +437,312 @@ TEST_F(GgufFileTest, ValueAccessors) {
   EXPECT_EQ(GgufValue(uint32_t{32}).to_string(), "u32 32");
 }
 
+TEST_F(GgufFileTest, StringArrayAccessors) {
+  const std::string_view with_nul("a\0b", 3);
+  GgufStringArray tokens{"<unk>", "", with_nul};
+  tokens.push_back("\xe2\x96\x81the");
+  ASSERT_EQ(tokens.size(), 4u);
+  EXPECT_FALSE(tokens.empty());
+  EXPECT_TRUE(GgufStringArray{}.empty());
+  EXPECT_EQ(tokens[0], "<unk>");
+  EXPECT_EQ(tokens[1], "");
+  EXPECT_EQ(tokens[2], with_nul);
+  EXPECT_EQ(tokens.at(3), "\xe2\x96\x81the");
+  EXPECT_GGUF_ERROR(tokens.at(4), ErrorCode::invalid_argument, "at(4): the array holds 4 strings");
+  EXPECT_EQ(tokens.string_bytes(), 5u + 0u + 3u + 6u);
+  const std::vector<std::string> copy = tokens.to_vector();
+  EXPECT_EQ(copy,
+            (std::vector<std::string>{"<unk>", "", std::string(with_nul), "\xe2\x96\x81the"}));
+  EXPECT_EQ(GgufStringArray(copy), tokens);
+  std::vector<std::string> visited;
+  for (const std::string_view token : tokens)
+    visited.emplace_back(token);
+  EXPECT_EQ(visited, copy);
+  EXPECT_EQ(std::distance(tokens.begin(), tokens.end()), 4);
+  EXPECT_EQ(std::find(tokens.begin(), tokens.end(), "") - tokens.begin(), 1);
+  EXPECT_EQ(tokens.end()[-1], "\xe2\x96\x81the");
+  EXPECT_EQ(*(tokens.begin() + 2), with_nul);
+  EXPECT_NE(tokens, (GgufStringArray{"<unk>", "", "ab", "\xe2\x96\x81the"}));
+  EXPECT_NE((GgufStringArray{"ab", "c"}), (GgufStringArray{"a", "bc"}));  // same bytes, split apart
+
+  // Values: from a std::vector<std::string> (converted) or a GgufStringArray, the same.
+  const GgufValue from_vector = copy;
+  const GgufValue from_array = tokens;
+  EXPECT_EQ(from_vector, from_array);
+  EXPECT_EQ(from_vector.as_array<std::string>(), tokens);
+  EXPECT_EQ(from_vector.to_string(),
+            "array[string] of 4: [\"<unk>\", \"\", \"a\\x00b\", \"\\xe2\\x96\\x81the\"]");
+  std::string encoded;
+  from_array.append_encoded(encoded);
+  EXPECT_EQ(encoded, u32(8) + u64(4) + gguf_string("<unk>") + gguf_string("") +
+                         gguf_string(std::string(with_nul)) + gguf_string("\xe2\x96\x81the"));
+  const GgufValue scalar = std::string(with_nul);
+  EXPECT_EQ(scalar.as_string(), with_nul);
+  EXPECT_EQ(scalar.as<std::string>(), std::string(with_nul));
+  EXPECT_NE(scalar, GgufValue(GgufStringArray{with_nul}));  // a string is not an array of one
+  EXPECT_EQ(error_of([&] { scalar.as_array<std::string>(); }).code(), ErrorCode::type_mismatch);
+  EXPECT_EQ(error_of([&] { from_array.as_string(); }).code(), ErrorCode::type_mismatch);
+}
+
+// ---- large arrays and string arrays -------------------------------------------------------------
+
+// A vocabulary like a BPE tokenizer's: mostly 1 to 12 bytes, some to 24, a few to 64; any byte.
+std::vector<std::string> vocabulary(std::size_t count, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<std::string> tokens(count);
+  for (std::string& token : tokens) {
+    const auto pick = static_cast<uint32_t>(rng() % 100);
+    token.resize(pick < 90 ? 1 + rng() % 12 : pick < 99 ? 13 + rng() % 12 : 25 + rng() % 40);
+    uint32_t bits = 0;
+    for (std::size_t index = 0; index < token.size(); ++index, bits >>= 8) {
+      if (index % 4 == 0) bits = static_cast<uint32_t>(rng());
+      token[index] = static_cast<char>(bits & 0xff);
+    }
+  }
+  return tokens;
+}
+
+// The header of a file with the one metadata entry key = value and no tensors; its elements
+// start at 24 + 8 + key.size() + 4 + 4 + 8 = 48 + key.size().
+std::string one_entry_file(const std::string& key, GgufValue value) {
+  GgufWriter writer;
+  writer.add_metadata(key, std::move(value));
+  return writer.header_bytes();
+}
+
+// A stream of `bytes` that says it holds `claimed_size` bytes: a file that shrank after its size
+// was taken (GgufFile::open asks for the size by seeking to the end).
+class ShrunkStream : public std::istream {
+ public:
+  ShrunkStream(const std::string& bytes, std::streamoff claimed_size)
+      : std::istream(nullptr), buffer_(bytes, claimed_size) {
+    rdbuf(&buffer_);
+  }
+
+ private:
+  class Buffer : public std::stringbuf {
+   public:
+    Buffer(const std::string& bytes, std::streamoff claimed_size)
+        : std::stringbuf(bytes, std::ios::in), claimed_size_(claimed_size) {}
+
+   protected:
+    pos_type seekoff(off_type offset, std::ios_base::seekdir direction,
+                     std::ios_base::openmode which) override {
+      if (direction == std::ios_base::end) {
+        at_claimed_end_ = true;
+        return pos_type(claimed_size_ + offset);
+      }
+      if (direction == std::ios_base::cur && offset == 0 && at_claimed_end_)
+        return pos_type(claimed_size_);
+      at_claimed_end_ = false;
+      return std::stringbuf::seekoff(offset, direction, which);
+    }
+
+   private:
+    std::streamoff claimed_size_;
+    bool at_claimed_end_ = false;
+  };
+  Buffer buffer_;
+};
+
+GgufFile open_shrunk(const std::string& bytes, std::size_t real_size) {
+  return GgufFile::open(std::make_unique<ShrunkStream>(bytes.substr(0, real_size),
+                                                       static_cast<std::streamoff>(bytes.size())),
+                        "memory");
+}
+
+TEST_F(GgufFileTest, StringArraysRoundTrip) {
+  // Strings longer than the reader's 1 MiB buffer, one just under it, embedded NULs, empty ones,
+  // an empty array, and a 1M-token vocabulary (16 MB: many buffer refills, strings split across
+  // them).
+  std::string long_text(3 * (1 << 20) + 5, '\0');
+  std::mt19937 rng(3);
+  for (char& byte : long_text)
+    byte = static_cast<char>(rng() & 0xff);
+  const std::string under_buffer = long_text.substr(11, (1 << 20) - 3);
+  const std::vector<std::string> vocab = vocabulary(1 << 20, 5);
+  const std::vector<std::pair<std::string, std::vector<std::string>>> arrays = {
+      {"empty", {}},
+      {"empty_strings", std::vector<std::string>(5, "")},
+      {"nuls", {std::string(1, '\0'), std::string("a\0\0b", 4), std::string(300, '\0'), ""}},
+      {"long", {"x", long_text, under_buffer, "", "y", long_text.substr(7)}},
+      {"tokenizer.ggml.tokens", vocab},
+  };
+  GgufWriter writer;
+  for (const auto& [key, strings] : arrays)
+    writer.add_metadata(key, strings);
+  writer.add_metadata("scalar.long", long_text);
+  writer.add_metadata("after", uint32_t{7});  // parsing goes on in step after the arrays
+  writer.declare("w", kGgmlF32, {2});
+  std::ostringstream out;
+  writer.begin(out);
+  const float w[] = {0.5f, -3.0f};
+  writer.write_f32("w", w, 2);
+  writer.finish();
+  const std::string bytes = out.str();
+  const std::string file_path = write_file("strings.gguf", bytes);
+  const std::string header = writer.header_bytes();
+
+  for (const bool from_file : {true, false}) {
+    SCOPED_TRACE(from_file ? "file" : "memory");
+    GgufFile file = from_file ? GgufFile::open(file_path) : open_bytes(bytes);
+    for (const auto& [key, strings] : arrays) {
+      SCOPED_TRACE(key);
+      const GgufStringArray& read = file.get_array<std::string>(key);
+      ASSERT_EQ(read.size(), strings.size());
+      EXPECT_TRUE(std::equal(read.begin(), read.end(), strings.begin(), strings.end()));
+      EXPECT_EQ(file.find(key)->as_array<std::string>(), read);
+    }
+    EXPECT_EQ(file.get_array<std::string>("nuls")[2], std::string(300, '\0'));
+    EXPECT_EQ(file.get<std::string>("scalar.long"), long_text);
+    EXPECT_EQ(file.find("scalar.long")->as_string(), long_text);
+    EXPECT_EQ(file.get<uint32_t>("after"), 7u);
+    EXPECT_EQ(file.read_f32("w"), (std::vector<float>{0.5f, -3.0f}));
+    // Written again from what was read: the same header, byte for byte.
+    GgufWriter again;
+    for (const auto& entry : file.metadata())
+      again.add_metadata(entry.key, entry.value);
+    again.declare("w", kGgmlF32, {2});
+    EXPECT_EQ(again.header_bytes(), header);
+  }
+}
+
+TEST_F(GgufFileTest, LargeArraysOfEveryElementSizeCrossTheReadBuffer) {
+  // Each array spans the reader's 1 MiB buffer at least once; the odd key lengths put elements
+  // across the buffer's end.
+  std::mt19937_64 rng(17);
+  std::vector<int8_t> i8_values(1100003);
+  std::vector<uint16_t> u16_values(700001);
+  std::vector<int32_t> i32_values(300007);
+  std::vector<float> f32_values(300011);
+  std::vector<uint64_t> u64_values(150001);
+  std::vector<double> f64_values(150003);
+  std::vector<bool> bool_values(1500007);
+  for (auto& value : i8_values)
+    value = static_cast<int8_t>(rng());
+  for (auto& value : u16_values)
+    value = static_cast<uint16_t>(rng());
+  for (auto& value : i32_values)
+    value = static_cast<int32_t>(rng());
+  for (auto& value : f32_values)
+    value = std::ldexp(static_cast<float>(static_cast<int32_t>(rng())), -20);
+  for (auto& value : u64_values)
+    value = rng();
+  for (auto& value : f64_values)
+    value = std::ldexp(static_cast<double>(static_cast<int64_t>(rng())), -40);
+  for (std::size_t index = 0; index < bool_values.size(); ++index)
+    bool_values[index] = (rng() & 1) != 0;
+  GgufWriter writer;
+  writer.add_metadata("i8", i8_values);
+  writer.add_metadata("u16.", u16_values);
+  writer.add_metadata("i32..", i32_values);
+  writer.add_metadata("f32", f32_values);
+  writer.add_metadata("u64.", u64_values);
+  writer.add_metadata("f64..", f64_values);
+  writer.add_metadata("bool", bool_values);
+  GgufFile file = open_bytes(writer.header_bytes());
+  EXPECT_EQ(file.get_array<int8_t>("i8"), i8_values);
+  EXPECT_EQ(file.get_array<uint16_t>("u16."), u16_values);
+  EXPECT_EQ(file.get_array<int32_t>("i32.."), i32_values);
+  EXPECT_EQ(file.get_array<float>("f32"), f32_values);
+  EXPECT_EQ(file.get_array<uint64_t>("u64."), u64_values);
+  EXPECT_EQ(file.get_array<double>("f64.."), f64_values);
+  EXPECT_EQ(file.get_array<bool>("bool"), bool_values);
+}
+
+TEST_F(GgufFileTest, StringArrayTruncationsAndCountsAreRejected) {
+  const std::string bytes = one_entry_file("t", std::vector<std::string>{"ab", "cde", "fghij"});
+  // 24: u64 1, 32: "t", 33: u32 9 (ARRAY), 37: u32 8 (STRING), 41: u64 3, 49: u64 2 "ab",
+  // 59: u64 3 "cde", 70: u64 5, 78: "fghij" -> 83, zeros to 96.
+  ASSERT_EQ(bytes.size(), 96u);
+  ASSERT_EQ(bytes.substr(33, 16), u32(9) + u32(8) + u64(3));
+  ASSERT_EQ(bytes.substr(70, 13), u64(5) + "fghij");
+  const auto broken = [&](std::size_t offset, const std::string& with) {
+    std::string copy = bytes;
+    patch(copy, offset, with);
+    return copy;
+  };
+  // The file ends inside element 2's bytes, or inside its length.
+  EXPECT_GGUF_ERROR(open_bytes(bytes.substr(0, 80)), ErrorCode::malformed,
+                    "\"memory\": metadata entry 0 (\"t\") element 2 (length 5) at offset 78 needs "
+                    "5 bytes but the file ends after 2 more (file size 80; truncated?)");
+  EXPECT_GGUF_ERROR(open_bytes(bytes.substr(0, 74)), ErrorCode::malformed,
+                    "metadata entry 0 (\"t\") element 2 length at offset 70 needs 8 bytes but the "
+                    "file ends after 4 more (file size 74");
+  // A length past the end of the file: refused before anything is allocated for it.
+  EXPECT_GGUF_ERROR(open_bytes(broken(59, u64(uint64_t{1} << 62))), ErrorCode::malformed,
+                    "element 1 (length 4611686018427387904) at offset 67 needs "
+                    "4611686018427387904 bytes but the file ends after 29 more");
+  EXPECT_GGUF_ERROR(open_bytes(broken(49, u64(~uint64_t{0}))), ErrorCode::malformed,
+                    "element 0 (length 18446744073709551615) at offset 57 needs");
+  // Counts: 5 lengths fit in the 47 bytes after the count (the padding reads as empty strings
+  // until element 4's length runs out), 6 do not.
+  EXPECT_GGUF_ERROR(open_bytes(broken(41, u64(5))), ErrorCode::malformed,
+                    "element 4 length at offset 91 needs 8 bytes but the file ends after 5 more");
+  EXPECT_GGUF_ERROR(open_bytes(broken(41, u64(6))), ErrorCode::malformed,
+                    "metadata entry 0 (\"t\") at offset 41: array length 6 of string cannot fit "
+                    "in the 47 bytes left in the file (truncated?)");
+  EXPECT_GGUF_ERROR(open_bytes(broken(41, u64(~uint64_t{0}))), ErrorCode::malformed,
+                    "array length 18446744073709551615 of string cannot fit");
+  // A vocabulary cut anywhere is refused, naming the element where the file ends.
+  const std::vector<std::string> vocab = vocabulary(150000, 9);
+  const std::string vocab_file = one_entry_file("tokenizer.ggml.tokens", vocab);
+  uint64_t element_start = 48 + std::string("tokenizer.ggml.tokens").size();
+  for (std::size_t index = 0; index < 100000; ++index)
+    element_start += 8 + vocab[index].size();
+  EXPECT_GGUF_ERROR(open_bytes(vocab_file.substr(0, element_start + 8 + vocab[100000].size() - 1)),
+                    ErrorCode::malformed,
+                    "(\"tokenizer.ggml.tokens\") element 100000 (length " +
+                        std::to_string(vocab[100000].size()) + ") at offset " +
+                        std::to_string(element_start + 8) + " needs");
+}
+
+TEST_F(GgufFileTest, ArrayElementErrorsNameTheElementAndOffset) {
+  // A bad bool deep inside an array (past the first 1 MiB buffer).
+  std::string flags = one_entry_file("b", std::vector<bool>(1500000, true));
+  flags[49 + 1234567] = 2;
+  EXPECT_GGUF_ERROR(open_bytes(flags), ErrorCode::malformed,
+                    "metadata entry 0 (\"b\") element 1234567 at offset 1234616 is a bool of value "
+                    "2 (expected 0 or 1)");
+  // A file that shrinks while the header is read: the element the bytes stopped in.
+  const std::string numbers = one_entry_file("a", std::vector<uint32_t>(1000, 7));
+  EXPECT_GGUF_ERROR(open_shrunk(numbers, 49 + 4 * 500 + 2), ErrorCode::io,
+                    "\"memory\": reading metadata entry 0 (\"a\") element 500 at offset 2049 (4 "
+                    "bytes) got only 2 (the file shrank?)");
+  const std::string strings =
+      one_entry_file("t", std::vector<std::string>{"ab", std::string(3000, 'x')});
+  EXPECT_GGUF_ERROR(open_shrunk(strings, 67 + 1000), ErrorCode::io,
+                    "reading metadata entry 0 (\"t\") element 1 at offset 67 (3000 bytes) got only "
+                    "1000 (the file shrank?)");
+  // A string longer than the buffer is read straight into the array: the same report.
+  const std::string long_strings =
+      one_entry_file("t", std::vector<std::string>{"ab", std::string(2 << 20, 'x')});
+  EXPECT_GGUF_ERROR(open_shrunk(long_strings, 67 + 1572864), ErrorCode::io,
+                    "element 1 at offset 67 (2097152 bytes) got only 1572864 (the file shrank?)");
+  // The same files whole are fine.
+  EXPECT_EQ(open_bytes(numbers).get_array<uint32_t>("a"), std::vector<uint32_t>(1000, 7));
+  EXPECT_EQ(open_bytes(long_strings).get_array<std::string>("t")[1], std::string(2 << 20, 'x'));
+}
+
+TEST_F(GgufFileTest, StringArrayMemoryIsTheFilesBytes) {
+  // Deterministic: the array's own account of its heap (both buffers' capacities), not timing.
+  const std::vector<std::string> tokens = vocabulary(150000, 11);
+  uint64_t string_bytes = 0;
+  for (const std::string& token : tokens)
+    string_bytes += token.size();
+  const uint64_t file_bytes = 8 * tokens.size() + string_bytes;  // u64 length + bytes each
+  GgufFile file = open_bytes(one_entry_file("tokenizer.ggml.tokens", tokens));
+  const GgufStringArray& read = file.get_array<std::string>("tokenizer.ggml.tokens");
+  EXPECT_EQ(read.string_bytes(), string_bytes);
+  EXPECT_EQ(read.heap_bytes(), file_bytes);
+  // Less than the std::string objects alone of a std::vector<std::string> (24 or 32 bytes each,
+  // before the heap blocks of the longer tokens).
+  EXPECT_LT(read.heap_bytes(), tokens.size() * sizeof(std::string));
+  // A value built for the writer holds the same.
+  const GgufValue value = tokens;
+  EXPECT_EQ(value.as_array<std::string>().heap_bytes(), file_bytes);
+}
+
 // ---- writer errors ------------------------------------------------------------------------------
 
 TEST_F(GgufFileTest, WriterRejectsBadDeclarations) {
@@ -776,7 +1089,7 @@ TEST_F(GgufFileTest, RandomMutationsThrowErrorOrRead) {
 
 // ---- export for the gguf-py check ---------------------------------------------------------------
 
-std::string json_string(const std::string& text) {
+std::string json_string(std::string_view text) {
   std::string out = "\"";
   for (const char character : text) {
     const auto byte = static_cast<unsigned char>(character);
@@ -828,9 +1141,11 @@ std::string json_value(const GgufValue& value) {
   };
   switch (value.element_type()) {
     case GgufValueType::string:
-      add_all(value.is_array() ? value.as_array<std::string>()
-                               : std::vector<std::string>{value.as_string()},
-              json_string);
+      if (value.is_array()) {
+        add_all(value.as_array<std::string>(), json_string);  // std::string_view elements
+      } else {
+        items.push_back(json_string(value.as_string()));
+      }
       break;
     case GgufValueType::boolean:
       add_all(value.is_array() ? value.as_array<bool>() : std::vector<bool>{value.as<bool>()},

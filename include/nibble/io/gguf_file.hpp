@@ -11,6 +11,8 @@
 //
 //   GgufFile file = GgufFile::open("model.gguf");
 //   file.get<uint32_t>("general.alignment");  file.tensors();  file.read_f32("output.weight");
+//   const GgufStringArray& tokens = file.get_array<std::string>("tokenizer.ggml.tokens");
+//   std::string_view token = tokens[17];         // or: for (std::string_view token : tokens)
 //
 // File layout (ggml docs/gguf.md; every integer little-endian; no alignment unless stated):
 //   "GGUF" (47 47 55 46)  u32 version = 3  u64 tensor_count  u64 metadata_kv_count
@@ -40,6 +42,19 @@
 // and byte counts overflowing int64; unknown or unsupported type ids; ne[0] not a multiple of the
 // type's block size; tensor offsets not multiples of ALIGNMENT, data past the end of the file,
 // and overlapping tensors. Metadata strings are kept as bytes (not checked for UTF-8).
+//
+// Metadata in memory: string arrays are a GgufStringArray (the strings' bytes in one buffer plus
+// one u64 end offset each: 8 + length bytes a string, as in the file, where a
+// std::vector<std::string> of a tokenizer vocabulary takes about 4 times that). get_array<T> and
+// GgufValue::as_array<T> return a const std::vector<T>& for every element type but strings, and a
+// const GgufStringArray& for T = std::string, whose elements are std::string_view
+// (to_vector() copies them out); GgufValue::as_string() is a std::string_view too, get<std::string>
+// and as<std::string>() a copy. Values are still built from std::vector<std::string> for the
+// writer (converted on construction). The header is read through a 1 MiB buffer: fixed-size array
+// elements are decoded (little-endian, whatever the host) a buffer at a time, strings copied out
+// of it, and the names of fields and array elements that messages give are only put together
+// when an error is reported; so parsing runs at memory speed rather than one stream call per
+// element.
 // Tensor data is read on demand (seek + read of one tensor). A GgufFile owns one input stream:
 // reads are not thread-safe.
 #pragma once
@@ -51,7 +66,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <istream>
+#include <iterator>
 #include <limits>
 #include <map>
 #include <memory>
@@ -215,6 +232,156 @@ inline const char* gguf_value_type_name(GgufValueType type) {
 }
 
 namespace gguf_detail {
+class HeaderCursor;
+}
+
+// A metadata string array (e.g. tokenizer.ggml.tokens: 32000 to 256000 short tokens) laid out as
+// the file lays it out: every string's bytes back to back in one buffer, plus one u64 end offset
+// per string, so 8 + length bytes a string (std::vector<std::string> takes 24 or 32 a string plus
+// a heap block for each longer than its inline buffer). Elements are std::string_view into the
+// array, valid until it is changed (push_back), moved from or destroyed. Strings are raw bytes:
+// embedded NULs are kept, UTF-8 is not checked.
+//   GgufStringArray tokens{"<unk>", "<s>"};  tokens.push_back("</s>");  tokens[1] == "<s>";
+class GgufStringArray {
+ public:
+  // Random access over the elements, which it yields by value (std::string_view), like
+  // std::vector<bool>'s iterator yields bools.
+  class const_iterator {
+   public:
+    using iterator_category = std::random_access_iterator_tag;
+    using value_type = std::string_view;
+    using difference_type = std::ptrdiff_t;
+    using pointer = void;
+    using reference = std::string_view;
+
+    const_iterator() = default;
+    std::string_view operator*() const { return (*array_)[index_]; }
+    std::string_view operator[](difference_type offset) const {
+      return (*array_)[static_cast<std::size_t>(static_cast<difference_type>(index_) + offset)];
+    }
+    const_iterator& operator++() {
+      ++index_;
+      return *this;
+    }
+    const_iterator operator++(int) {
+      const_iterator before = *this;
+      ++index_;
+      return before;
+    }
+    const_iterator& operator--() {
+      --index_;
+      return *this;
+    }
+    const_iterator operator--(int) {
+      const_iterator before = *this;
+      --index_;
+      return before;
+    }
+    const_iterator& operator+=(difference_type offset) {
+      index_ = static_cast<std::size_t>(static_cast<difference_type>(index_) + offset);
+      return *this;
+    }
+    const_iterator& operator-=(difference_type offset) { return *this += -offset; }
+    friend const_iterator operator+(const_iterator at, difference_type offset) {
+      return at += offset;
+    }
+    friend const_iterator operator+(difference_type offset, const_iterator at) {
+      return at += offset;
+    }
+    friend const_iterator operator-(const_iterator at, difference_type offset) {
+      return at -= offset;
+    }
+    friend difference_type operator-(const const_iterator& a, const const_iterator& b) {
+      return static_cast<difference_type>(a.index_) - static_cast<difference_type>(b.index_);
+    }
+    friend bool operator==(const const_iterator& a, const const_iterator& b) {
+      return a.index_ == b.index_ && a.array_ == b.array_;
+    }
+    friend bool operator!=(const const_iterator& a, const const_iterator& b) { return !(a == b); }
+    friend bool operator<(const const_iterator& a, const const_iterator& b) {
+      return a.index_ < b.index_;
+    }
+    friend bool operator>(const const_iterator& a, const const_iterator& b) { return b < a; }
+    friend bool operator<=(const const_iterator& a, const const_iterator& b) { return !(b < a); }
+    friend bool operator>=(const const_iterator& a, const const_iterator& b) { return !(a < b); }
+
+   private:
+    friend class GgufStringArray;
+    const_iterator(const GgufStringArray* array, std::size_t index)
+        : array_(array), index_(index) {}
+    const GgufStringArray* array_ = nullptr;
+    std::size_t index_ = 0;
+  };
+  using iterator = const_iterator;
+  using value_type = std::string_view;
+  using reference = std::string_view;
+  using const_reference = std::string_view;
+  using size_type = std::size_t;
+  using difference_type = std::ptrdiff_t;
+
+  GgufStringArray() = default;
+  GgufStringArray(std::initializer_list<std::string_view> strings) {
+    for (const std::string_view text : strings)
+      push_back(text);
+  }
+  explicit GgufStringArray(const std::vector<std::string>& strings) {
+    std::size_t byte_count = 0;
+    for (const std::string& text : strings)
+      byte_count += text.size();
+    bytes_.reserve(byte_count);
+    ends_.reserve(strings.size());
+    for (const std::string& text : strings)
+      push_back(text);
+  }
+
+  std::size_t size() const { return ends_.size(); }
+  bool empty() const { return ends_.empty(); }
+  // String `index`, which must be < size() (unchecked, as std::vector's operator[]).
+  std::string_view operator[](std::size_t index) const {
+    const uint64_t begin = index == 0 ? 0 : ends_[index - 1];
+    return std::string_view(bytes_.data() + begin, static_cast<std::size_t>(ends_[index] - begin));
+  }
+  // String `index`; Error(invalid_argument) when index >= size().
+  std::string_view at(std::size_t index) const {
+    if (index >= size()) {
+      nibble::detail::fail(ErrorCode::invalid_argument, "GgufStringArray::at(", index,
+                           "): the array holds ", size(), " strings");
+    }
+    return (*this)[index];
+  }
+  const_iterator begin() const { return const_iterator(this, 0); }
+  const_iterator end() const { return const_iterator(this, size()); }
+  // A copy as separate strings.
+  std::vector<std::string> to_vector() const { return std::vector<std::string>(begin(), end()); }
+
+  // Appends a copy of `text` (string_views of the elements may then dangle).
+  void push_back(std::string_view text) {
+    bytes_.insert(bytes_.end(), text.begin(), text.end());
+    ends_.push_back(bytes_.size());
+  }
+
+  // The strings' lengths added up.
+  uint64_t string_bytes() const { return bytes_.size(); }
+  // The heap bytes the array holds (its two buffers' capacities); read from a file, exactly
+  // string_bytes() + 8 * size(): the bytes the strings take in the file.
+  std::size_t heap_bytes() const {
+    return bytes_.capacity() * sizeof(char) + ends_.capacity() * sizeof(uint64_t);
+  }
+
+  friend bool operator==(const GgufStringArray& a, const GgufStringArray& b) {
+    return a.ends_ == b.ends_ && a.bytes_ == b.bytes_;
+  }
+  friend bool operator!=(const GgufStringArray& a, const GgufStringArray& b) { return !(a == b); }
+
+ private:
+  friend class gguf_detail::HeaderCursor;  // the reader fills the buffers directly
+
+  std::vector<char> bytes_;  // every string's bytes, back to back
+  // ends_[i]: where string i ends in bytes_ (it starts at ends_[i - 1], or 0).
+  std::vector<uint64_t> ends_;
+};
+
+namespace gguf_detail {
 
 // C++ type <-> value type. `bytes` is the encoded size (strings: the minimum, the u64 length).
 template <class T>
@@ -242,11 +409,26 @@ NIBBLE_GGUF_VALUE_TRAITS(int64_t, i64, 8)
 NIBBLE_GGUF_VALUE_TRAITS(double, f64, 8)
 #undef NIBBLE_GGUF_VALUE_TRAITS
 
-// One vector per element type; the alternative's index is the variant index below.
+// The elements of an array of T: a std::vector, but strings in one GgufStringArray.
+template <class T>
+using ArrayStorage =
+    std::conditional_t<std::is_same_v<T, std::string>, GgufStringArray, std::vector<T>>;
+
+// One array per element type (a scalar is an array of one); the alternative's index is the
+// variant index below.
 using ValueStorage = std::variant<std::vector<uint8_t>, std::vector<int8_t>, std::vector<uint16_t>,
                                   std::vector<int16_t>, std::vector<uint32_t>, std::vector<int32_t>,
-                                  std::vector<float>, std::vector<bool>, std::vector<std::string>,
+                                  std::vector<float>, std::vector<bool>, GgufStringArray,
                                   std::vector<uint64_t>, std::vector<int64_t>, std::vector<double>>;
+
+template <class T>
+ArrayStorage<T> to_storage(std::vector<T>&& elements) {
+  if constexpr (std::is_same_v<T, std::string>) {
+    return GgufStringArray(elements);
+  } else {
+    return std::move(elements);
+  }
+}
 
 inline constexpr GgufValueType kStorageTypes[] = {
     GgufValueType::u8,     GgufValueType::i8,  GgufValueType::u16, GgufValueType::i16,
@@ -283,16 +465,20 @@ inline uint64_t element_min_bytes(uint32_t type) {
 
 // A metadata value: a scalar or a (non-nested) array of one element type. Scalars convert
 // implicitly from exactly typed C++ values (uint32_t{32} is a u32, 32 an i32, 32.0f an f32, "x"
-// a string) and arrays from std::vector of them:
+// a string) and arrays from std::vector of them, string arrays also from a GgufStringArray (a
+// std::vector<std::string> is converted into one):
 //   writer.add_metadata("tokenizer.ggml.tokens", std::vector<std::string>{"<s>", "</s>"});
 class GgufValue {
  public:
   template <class T, std::enable_if_t<gguf_detail::ValueTraits<T>::supported, int> = 0>
-  GgufValue(T scalar) : is_array_(false), storage_(std::vector<T>{std::move(scalar)}) {}
-  GgufValue(const char* text) : GgufValue(std::string(text)) {}
-  GgufValue(std::string_view text) : GgufValue(std::string(text)) {}
+  GgufValue(T scalar)
+      : is_array_(false), storage_(gguf_detail::ArrayStorage<T>{std::move(scalar)}) {}
+  GgufValue(const char* text) : GgufValue(std::string_view(text)) {}
+  GgufValue(std::string_view text) : is_array_(false), storage_(GgufStringArray{text}) {}
   template <class T, std::enable_if_t<gguf_detail::ValueTraits<T>::supported, int> = 0>
-  GgufValue(std::vector<T> elements) : is_array_(true), storage_(std::move(elements)) {}
+  GgufValue(std::vector<T> elements)
+      : is_array_(true), storage_(gguf_detail::to_storage(std::move(elements))) {}
+  GgufValue(GgufStringArray strings) : is_array_(true), storage_(std::move(strings)) {}
 
   bool is_array() const { return is_array_; }
   // array for arrays, else the scalar's type.
@@ -305,20 +491,27 @@ class GgufValue {
   }
 
   // The scalar, which must be exactly of type T (Error(type_mismatch) otherwise: no conversions).
+  // T = std::string gives a copy.
   template <class T>
   T as() const {
     check<T>(false);
-    return std::get<std::vector<T>>(storage_).front();
+    if constexpr (std::is_same_v<T, std::string>) {
+      return std::string(std::get<GgufStringArray>(storage_)[0]);
+    } else {
+      return std::get<std::vector<T>>(storage_).front();
+    }
   }
-  const std::string& as_string() const {
+  // The string scalar, viewed (valid while this value lives).
+  std::string_view as_string() const {
     check<std::string>(false);
-    return std::get<std::vector<std::string>>(storage_).front();
+    return std::get<GgufStringArray>(storage_)[0];
   }
-  // The array, whose elements must be exactly of type T.
+  // The array, whose elements must be exactly of type T: a std::vector<T>, or for
+  // T = std::string a GgufStringArray.
   template <class T>
-  const std::vector<T>& as_array() const {
+  const gguf_detail::ArrayStorage<T>& as_array() const {
     check<T>(true);
-    return std::get<std::vector<T>>(storage_);
+    return std::get<gguf_detail::ArrayStorage<T>>(storage_);
   }
   // Any integer scalar (u8 .. i64, bool) as int64; Error(type_mismatch) for others and
   // Error(overflow) for a u64 above INT64_MAX. For keys whose writers disagree on the width.
@@ -479,11 +672,13 @@ class GgufFile {
   // The value of `key`, or null.
   const GgufValue* find(std::string_view key) const;
   // The value of `key`: Error(invalid_argument) if absent, Error(type_mismatch) (naming the key)
-  // unless it is a scalar of exactly type T, or an array of T for get_array.
+  // unless it is a scalar of exactly type T, or an array of T for get_array. get_array gives a
+  // const std::vector<T>&, or for T = std::string a const GgufStringArray& (std::string_view
+  // elements; see the header comment).
   template <class T>
   T get(std::string_view key) const;
   template <class T>
-  const std::vector<T>& get_array(std::string_view key) const;
+  const gguf_detail::ArrayStorage<T>& get_array(std::string_view key) const;
 
   // Tensor infos in file (header) order.
   const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }
@@ -526,14 +721,14 @@ inline void put_le(std::string& out, uint64_t value, int byte_count) {
   for (int index = 0; index < byte_count; ++index)
     out.push_back(static_cast<char>(static_cast<unsigned char>(value >> (8 * index))));
 }
-inline void put_string(std::string& out, const std::string& text) {
+inline void put_string(std::string& out, std::string_view text) {
   put_le(out, text.size(), 8);
   out += text;
 }
 
 template <class T>
 void put_element(std::string& out, const T& value) {
-  if constexpr (std::is_same_v<T, std::string>) {
+  if constexpr (std::is_same_v<T, std::string_view>) {
     put_string(out, value);
   } else if constexpr (std::is_same_v<T, bool>) {
     out.push_back(value ? '\1' : '\0');
@@ -622,7 +817,7 @@ inline std::string GgufValue::to_string(std::size_t max_elements) const {
         using T = typename std::decay_t<decltype(elements)>::value_type;
         for (std::size_t index = 0; index < elements.size() && index < max_elements; ++index) {
           if (index > 0) text += ", ";
-          if constexpr (std::is_same_v<T, std::string>) {
+          if constexpr (std::is_same_v<T, std::string_view>) {
             text += gguf_detail::quoted(elements[index]);
           } else if constexpr (std::is_same_v<T, bool>) {
             text += elements[index] ? "true" : "false";
@@ -649,10 +844,12 @@ inline void GgufValue::append_encoded(std::string& out) const {
   }
   std::visit(
       [&](const auto& elements) {
-        for (const auto& element : elements) {
-          using T = typename std::decay_t<decltype(elements)>::value_type;
-          gguf_detail::put_element<T>(out, element);
+        using T = typename std::decay_t<decltype(elements)>::value_type;
+        if constexpr (std::is_same_v<T, std::string_view>) {
+          out.reserve(out.size() + 8 * elements.size() + elements.string_bytes());
         }
+        for (const auto& element : elements)
+          gguf_detail::put_element<T>(out, element);
       },
       storage_);
 }
@@ -938,117 +1135,267 @@ inline void GgufWriter::finish() {
 
 namespace gguf_detail {
 
-// Sequential reads of the header with every length checked against the bytes left in the file
-// before anything is allocated for it.
+// A field's name for messages, put together only when one is reported (so that reading a
+// million-element array formats no names): base, then an index part (" element 17", " ne[2"),
+// then up to two suffixes (" key", " length"). It views `base` and the suffixes: a temporary
+// std::string passed to a call lives as long as that call, which is all a FieldName needs (none
+// is stored).
+class FieldName {
+ public:
+  FieldName(const std::string& base) : base_(base) {}
+  FieldName(const char* base) : base_(base) {}
+  FieldName(std::string_view base, const char* suffix) : base_(base), suffixes_{suffix, ""} {}
+
+  FieldName indexed(const char* prefix, uint64_t index) const {
+    FieldName name = *this;
+    name.index_prefix_ = prefix;
+    name.index_ = index;
+    return name;
+  }
+  // This name followed by `suffix` (at most two suffixes).
+  FieldName suffixed(const char* suffix) const {
+    FieldName name = *this;
+    name.suffixes_[*suffixes_[0] == '\0' ? 0 : 1] = suffix;
+    return name;
+  }
+  std::string text() const {
+    std::string text(base_);
+    if (index_prefix_ != nullptr) text.append(index_prefix_).append(std::to_string(index_));
+    return text.append(suffixes_[0]).append(suffixes_[1]);
+  }
+  friend std::ostream& operator<<(std::ostream& out, const FieldName& name) {
+    return out << name.text();
+  }
+
+ private:
+  std::string_view base_;
+  const char* index_prefix_ = nullptr;
+  uint64_t index_ = 0;
+  const char* suffixes_[2] = {"", ""};
+};
+
+// `sizeof(T)` little-endian bytes as T (an integer, float or double), whatever the host's byte
+// order. Compilers turn the shifts into one load on little-endian hosts.
+template <class T>
+T load_le(const unsigned char* bytes) {
+  using Bits = std::conditional_t<
+      sizeof(T) == 1, uint8_t,
+      std::conditional_t<sizeof(T) == 2, uint16_t,
+                         std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>>;
+  static_assert(sizeof(Bits) == sizeof(T), "load_le: T must be 1, 2, 4 or 8 bytes");
+  Bits bits = 0;
+  for (std::size_t index = sizeof(T); index-- > 0;)
+    bits = static_cast<Bits>(static_cast<uint64_t>(bits) << 8 | bytes[index]);
+  // Two's complement (signed) and IEEE (float, double) bits: the same object representation.
+  T value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
+// Sequential reads of the header through a buffer of up to 1 MiB, with every length checked
+// against the bytes left in the file before anything is allocated for it. Arrays are read a
+// buffer at a time; the stream is asked for the buffer's size (never past the file's end), or,
+// for a string longer than the buffer, for the string straight into its destination.
 class HeaderCursor {
  public:
+  static constexpr std::size_t kBufferBytes = std::size_t{1} << 20;
+
   HeaderCursor(std::istream& in, int64_t file_size, const std::string& source)
-      : in_(in), file_size_(file_size), source_(source) {}
+      : in_(in),
+        file_size_(file_size),
+        source_(source),
+        capacity_(static_cast<std::size_t>(
+            std::min<uint64_t>(kBufferBytes, static_cast<uint64_t>(file_size)))),
+        buffer_(new char[capacity_ + 1]) {}  // default-initialized: nothing written twice
 
   int64_t position() const { return position_; }
   uint64_t remaining() const { return static_cast<uint64_t>(file_size_ - position_); }
 
   // Fails unless `byte_count` bytes remain; `what` names the field.
-  void need(uint64_t byte_count, const std::string& what) const {
-    if (byte_count > remaining()) {
-      nibble::detail::fail(ErrorCode::malformed, source_, ": ", what, " at offset ", position_,
-                           " needs ", byte_count, " bytes but the file ends after ", remaining(),
-                           " more (file size ", file_size_, "; truncated?)");
-    }
+  void need(uint64_t byte_count, const FieldName& what) const {
+    if (byte_count > remaining()) fail_past_end(byte_count, what.text());
   }
 
-  void read(char* out, uint64_t byte_count, const std::string& what) {
+  void read(char* out, uint64_t byte_count, const FieldName& what) {
     need(byte_count, what);
-    in_.read(out, static_cast<std::streamsize>(byte_count));
-    if (static_cast<uint64_t>(in_.gcount()) != byte_count) {
-      nibble::detail::fail(ErrorCode::io, source_, ": reading ", what, " at offset ", position_,
-                           " (", byte_count, " bytes) got only ", in_.gcount(),
-                           " (the file shrank?)");
+    const int64_t at = position_;
+    uint64_t done = 0;
+    while (done < byte_count) {
+      if (buffered() == 0) {
+        const uint64_t left = byte_count - done;
+        if (left >= capacity_) {  // no copy through the buffer
+          in_.read(out + done, static_cast<std::streamsize>(left));
+          const auto got = static_cast<uint64_t>(in_.gcount());
+          if (got != left) fail_shrank(what, at, byte_count, done + got);
+          position_ += static_cast<int64_t>(left);
+          return;
+        }
+        fill();
+        if (buffered() == 0) fail_shrank(what, at, byte_count, done);
+      }
+      const auto take = static_cast<std::size_t>(std::min<uint64_t>(buffered(), byte_count - done));
+      std::memcpy(out + done, buffer_.get() + begin_, take);
+      consume(take);
+      done += take;
     }
-    position_ += static_cast<int64_t>(byte_count);
   }
 
-  uint64_t le(int byte_count, const std::string& what) {
-    unsigned char bytes[8];
-    read(reinterpret_cast<char*>(bytes), static_cast<uint64_t>(byte_count), what);
+  uint64_t le(int byte_count, const FieldName& what) {
+    const auto size = static_cast<std::size_t>(byte_count);
+    const unsigned char* bytes = peek(size, what);
     uint64_t value = 0;
-    for (int index = byte_count - 1; index >= 0; --index)
+    for (std::size_t index = size; index-- > 0;)
       value = (value << 8) | bytes[index];
+    consume(size);
     return value;
   }
-  uint32_t u32(const std::string& what) { return static_cast<uint32_t>(le(4, what)); }
-  uint64_t u64(const std::string& what) { return le(8, what); }
+  uint32_t u32(const FieldName& what) { return static_cast<uint32_t>(le(4, what)); }
+  uint64_t u64(const FieldName& what) { return le(8, what); }
 
   // A gguf string of at most max_bytes bytes.
-  std::string string(const std::string& what, uint64_t max_bytes) {
+  std::string string(const FieldName& what, uint64_t max_bytes) {
     const int64_t at = position_;
-    const uint64_t length = u64(what + " length");
+    const uint64_t length = u64(what.suffixed(" length"));
     if (length > max_bytes) {
       nibble::detail::fail(ErrorCode::malformed, source_, ": ", what, " at offset ", at,
                            " has length ", length, " (expected at most ", max_bytes, ")");
     }
-    need(length, what + " (length " + std::to_string(length) + ")");
+    if (length > remaining()) fail_past_end(length, length_text(what, length));
     std::string text(static_cast<std::size_t>(length), '\0');
     read(text.data(), length, what);
     return text;
   }
 
+  // `count` values of T (not std::string) back to back, decoded a buffer at a time; `what` names
+  // the entry, and each element (" element i") when `is_array`.
   template <class T>
-  T element(const std::string& what) {
-    if constexpr (std::is_same_v<T, std::string>) {
-      return string(what, std::numeric_limits<uint64_t>::max());
-    } else if constexpr (std::is_same_v<T, bool>) {
-      const int64_t at = position_;
-      const auto byte = static_cast<uint8_t>(le(1, what));
-      if (byte > 1) {
-        nibble::detail::fail(ErrorCode::malformed, source_, ": ", what, " at offset ", at,
-                             " is a bool of value ", static_cast<int>(byte), " (expected 0 or 1)");
-      }
-      return byte == 1;
-    } else if constexpr (std::is_same_v<T, float>) {
-      return nibble::detail::float_from_bits(static_cast<uint32_t>(le(4, what)));
-    } else if constexpr (std::is_same_v<T, double>) {
-      const uint64_t bits = le(8, what);
-      double value = 0;
-      std::memcpy(&value, &bits, sizeof value);
-      return value;
-    } else {
-      const uint64_t bits = le(static_cast<int>(sizeof(T)), what);
-      if constexpr (std::is_signed_v<T>) {
-        // Two's complement from the raw bits without an implementation-defined conversion.
-        using U = std::make_unsigned_t<T>;
-        const auto raw = static_cast<U>(bits);
-        T value;
-        std::memcpy(&value, &raw, sizeof value);
-        return value;
+  std::vector<T> fixed_elements(uint64_t count, const FieldName& what, bool is_array) {
+    // The caller checked an array's count against the bytes left, so this allocation is bounded
+    // by the file (a scalar is one element).
+    std::vector<T> elements(static_cast<std::size_t>(count));
+    constexpr std::size_t kSize = sizeof(T);
+    std::size_t index = 0;
+    while (index < elements.size()) {
+      const FieldName element = is_array ? what.indexed(" element ", index) : what;
+      const unsigned char* bytes = peek(kSize, element);
+      const std::size_t run = std::min(elements.size() - index, buffered() / kSize);
+      if constexpr (std::is_same_v<T, bool>) {
+        for (std::size_t offset = 0; offset < run; ++offset) {
+          if (bytes[offset] > 1) {
+            nibble::detail::fail(ErrorCode::malformed, source_, ": ",
+                                 is_array ? what.indexed(" element ", index + offset) : what,
+                                 " at offset ", position_ + static_cast<int64_t>(offset),
+                                 " is a bool of value ", static_cast<int>(bytes[offset]),
+                                 " (expected 0 or 1)");
+          }
+          elements[index + offset] = bytes[offset] == 1;
+        }
       } else {
-        return static_cast<T>(bits);
+        T* out = elements.data() + index;
+        for (std::size_t offset = 0; offset < run; ++offset)
+          out[offset] = load_le<T>(bytes + offset * kSize);
       }
+      consume(run * kSize);
+      index += run;
     }
+    return elements;
+  }
+
+  // `count` strings (u64 length + bytes each) into one GgufStringArray, as fixed_elements.
+  GgufStringArray strings(uint64_t count, const FieldName& what, bool is_array) {
+    GgufStringArray array;
+    array.ends_.reserve(static_cast<std::size_t>(count));  // count * 8 bytes are in the file
+    std::vector<char>& bytes = array.bytes_;
+    for (uint64_t index = 0; index < count; ++index) {
+      const FieldName element = is_array ? what.indexed(" element ", index) : what;
+      const uint64_t length = le(8, element.suffixed(" length"));
+      if (length > remaining()) fail_past_end(length, length_text(element, length));
+      if (length <= buffered()) {  // the usual case: one copy out of the buffer
+        const char* text = buffer_.get() + begin_;
+        bytes.insert(bytes.end(), text, text + length);
+        consume(static_cast<std::size_t>(length));
+      } else {
+        const std::size_t old_size = bytes.size();
+        bytes.resize(old_size + static_cast<std::size_t>(length));
+        read(bytes.data() + old_size, length, element);
+      }
+      array.ends_.push_back(bytes.size());
+    }
+    // Growth leaves up to half the buffer unused; the array keeps exactly the file's bytes.
+    if (bytes.capacity() != bytes.size()) bytes.shrink_to_fit();
+    return array;
   }
 
  private:
+  std::size_t buffered() const { return end_ - begin_; }
+  void consume(std::size_t byte_count) {
+    begin_ += byte_count;
+    position_ += static_cast<int64_t>(byte_count);
+  }
+
+  // Moves the unread bytes to the front and fills the rest of the buffer from the stream, never
+  // reading past file_size_ (the stream then stands at position_ + buffered()).
+  void fill() {
+    const std::size_t kept = buffered();
+    std::memmove(buffer_.get(), buffer_.get() + begin_, kept);
+    begin_ = 0;
+    end_ = kept;
+    const uint64_t unread = remaining() - kept;
+    const auto want = static_cast<std::size_t>(std::min<uint64_t>(capacity_ - kept, unread));
+    if (want > 0) {
+      in_.read(buffer_.get() + kept, static_cast<std::streamsize>(want));
+      end_ += static_cast<std::size_t>(in_.gcount());
+    }
+  }
+
+  // `byte_count` (<= 8, or what is left in the file) bytes at position_, contiguous; checks
+  // that they are in the file, and that the stream gives them.
+  const unsigned char* peek(std::size_t byte_count, const FieldName& what) {
+    if (buffered() < byte_count) {
+      need(byte_count, what);
+      fill();
+      if (buffered() < byte_count) fail_shrank(what, position_, byte_count, buffered());
+    }
+    return reinterpret_cast<const unsigned char*>(buffer_.get() + begin_);
+  }
+
+  static std::string length_text(const FieldName& what, uint64_t length) {
+    return what.text() + " (length " + std::to_string(length) + ")";
+  }
+
+  [[noreturn]] void fail_past_end(uint64_t byte_count, const std::string& what) const {
+    nibble::detail::fail(ErrorCode::malformed, source_, ": ", what, " at offset ", position_,
+                         " needs ", byte_count, " bytes but the file ends after ", remaining(),
+                         " more (file size ", file_size_, "; truncated?)");
+  }
+  [[noreturn]] void fail_shrank(const FieldName& what, int64_t at, uint64_t byte_count,
+                                uint64_t got) const {
+    nibble::detail::fail(ErrorCode::io, source_, ": reading ", what, " at offset ", at, " (",
+                         byte_count, " bytes) got only ", got, " (the file shrank?)");
+  }
+
   std::istream& in_;
   int64_t file_size_;
   const std::string& source_;
+  std::size_t capacity_;            // min(kBufferBytes, file size)
+  std::unique_ptr<char[]> buffer_;  // unread bytes in [begin_, end_), from file offset position_
+  std::size_t begin_ = 0;
+  std::size_t end_ = 0;
   int64_t position_ = 0;
 };
 
 template <class T>
-ValueStorage read_elements(HeaderCursor& cursor, uint64_t count, const std::string& what,
+ValueStorage read_elements(HeaderCursor& cursor, uint64_t count, const FieldName& what,
                            bool is_array) {
-  // The count was checked against the bytes left, so this allocation is bounded by the file.
-  std::vector<T> elements;
-  elements.reserve(static_cast<std::size_t>(count));
-  for (uint64_t index = 0; index < count; ++index) {
-    elements.push_back(
-        cursor.element<T>(is_array ? what + " element " + std::to_string(index) : what));
+  if constexpr (std::is_same_v<T, std::string>) {
+    return cursor.strings(count, what, is_array);
+  } else {
+    return cursor.fixed_elements<T>(count, what, is_array);
   }
-  return elements;
 }
 
 inline ValueStorage read_value(HeaderCursor& cursor, uint32_t type, uint64_t count,
-                               const std::string& what, bool is_array) {
+                               const FieldName& what, bool is_array) {
   switch (static_cast<GgufValueType>(type)) {
     case GgufValueType::u8:
       return read_elements<uint8_t>(cursor, count, what, is_array);
@@ -1155,7 +1502,7 @@ inline void GgufFile::parse() {
   for (uint64_t entry = 0; entry < kv_count; ++entry) {
     const std::string entry_what = "metadata entry " + std::to_string(entry);
     const int64_t key_at = cursor.position();
-    std::string key = cursor.string(entry_what + " key", kGgufMaxKeyBytes);
+    std::string key = cursor.string({entry_what, " key"}, kGgufMaxKeyBytes);
     if (key.empty()) {
       nibble::detail::fail(ErrorCode::malformed, source, ": ", entry_what, " at offset ", key_at,
                            " has an empty key (expected 1 to ", kGgufMaxKeyBytes, " bytes)");
@@ -1167,11 +1514,11 @@ inline void GgufFile::parse() {
     }
     const std::string what = entry_what + " (" + gguf_detail::quoted(key) + ")";
     const int64_t type_at = cursor.position();
-    uint32_t type = cursor.u32(what + " value type");
+    uint32_t type = cursor.u32({what, " value type"});
     uint64_t count = 1;
     const bool is_array = type == static_cast<uint32_t>(GgufValueType::array);
     if (is_array) {
-      type = cursor.u32(what + " array element type");
+      type = cursor.u32({what, " array element type"});
       if (type == static_cast<uint32_t>(GgufValueType::array)) {
         nibble::detail::fail(ErrorCode::unsupported, source, ": ", what, " at offset ", type_at,
                              " is an array of arrays (nested arrays are not supported, as in "
@@ -1187,7 +1534,7 @@ inline void GgufFile::parse() {
     }
     if (is_array) {
       const int64_t count_at = cursor.position();
-      count = cursor.u64(what + " array length");
+      count = cursor.u64({what, " array length"});
       if (count > cursor.remaining() / element_bytes) {
         nibble::detail::fail(
             ErrorCode::malformed, source, ": ", what, " at offset ", count_at, ": array length ",
@@ -1216,7 +1563,7 @@ inline void GgufFile::parse() {
     const std::string index_what = "tensor info " + std::to_string(index);
     const int64_t info_at = cursor.position();
     GgufTensorInfo info;
-    info.name = cursor.string(index_what + " name", kGgufMaxTensorNameBytes);
+    info.name = cursor.string({index_what, " name"}, kGgufMaxTensorNameBytes);
     if (tensor_index_.count(info.name) != 0) {
       nibble::detail::fail(ErrorCode::malformed, source, ": ", index_what, " at offset ", info_at,
                            ": duplicate tensor name ", gguf_detail::quoted(info.name),
@@ -1224,7 +1571,7 @@ inline void GgufFile::parse() {
     }
     const std::string what = index_what + " (" + gguf_detail::quoted(info.name) + ")";
     const int64_t dims_at = cursor.position();
-    const uint32_t n_dims = cursor.u32(what + " n_dims");
+    const uint32_t n_dims = cursor.u32({what, " n_dims"});
     if (n_dims < 1 || n_dims > kGgufMaxDims) {
       nibble::detail::fail(ErrorCode::malformed, source, ": ", what, " at offset ", dims_at,
                            " has n_dims = ", n_dims, " (expected 1 to ", kGgufMaxDims,
@@ -1233,7 +1580,8 @@ inline void GgufFile::parse() {
     info.shape.assign(n_dims, 0);
     for (uint32_t axis = 0; axis < n_dims; ++axis) {
       const int64_t dim_at = cursor.position();
-      const uint64_t extent = cursor.u64(what + " ne[" + std::to_string(axis) + "]");
+      const uint64_t extent =
+          cursor.u64(gguf_detail::FieldName(what).indexed(" ne[", axis).suffixed("]"));
       if (extent == 0 || extent > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
         nibble::detail::fail(ErrorCode::malformed, source, ": ", what, " at offset ", dim_at,
                              " has ne[", axis, "] = ", extent,
@@ -1242,7 +1590,7 @@ inline void GgufFile::parse() {
       info.shape[n_dims - 1 - axis] = static_cast<int64_t>(extent);  // ne reversed: row-major
     }
     const int64_t type_at = cursor.position();
-    const uint32_t type_id = cursor.u32(what + " type");
+    const uint32_t type_id = cursor.u32({what, " type"});
     const GgmlTypeLayout* layout = gguf_detail::find_layout(type_id);
     if (layout == nullptr) {
       const char* name = gguf_detail::ggml_type_id_name(type_id);
@@ -1267,7 +1615,7 @@ inline void GgufFile::parse() {
       rows = nibble::detail::checked_mul(rows, info.shape[axis], size_what.c_str());
     nibble::detail::checked_mul(rows, info.row_length(), size_what.c_str());
     info.size_bytes = nibble::detail::checked_mul(rows, info.row_bytes(), size_what.c_str());
-    info.offset = cursor.u64(what + " offset");
+    info.offset = cursor.u64({what, " offset"});
     tensor_index_.emplace(info.name, tensors_.size());
     tensors_.push_back(std::move(info));
   }
@@ -1339,7 +1687,7 @@ T GgufFile::get(std::string_view key) const {
 }
 
 template <class T>
-const std::vector<T>& GgufFile::get_array(std::string_view key) const {
+const gguf_detail::ArrayStorage<T>& GgufFile::get_array(std::string_view key) const {
   const GgufValue& value = value_or_fail(key);
   if (!value.is_array() || value.element_type() != gguf_detail::ValueTraits<T>::type) {
     nibble::detail::fail(ErrorCode::type_mismatch, "GGUF file \"", path_, "\": metadata ",
