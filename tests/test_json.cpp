@@ -8,8 +8,13 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "nibble/io/json.hpp"
+
+#include "support/allocation_counter.hpp"
+
+NIBBLE_DEFINE_COUNTING_OPERATOR_NEW
 
 namespace {
 
@@ -269,6 +274,105 @@ TEST(Json, ErrorsNameTheSource) {
                  "nibble: model.safetensors header: byte 3: expected a JSON value (object, array, "
                  "string, number, true, false or null), found end of input");
   }
+}
+
+// ---- memory ---------------------------------------------------------------------------------------
+
+static_assert(sizeof(void*) != 8 || sizeof(JsonValue) == 24,
+              "a JsonValue is 24 bytes on 64-bit targets (json.hpp's memory bound)");
+
+// A document tree costs about 24 bytes per value plus its strings (json.hpp), where it used to
+// cost ~120 (~240 with vector growth): a hostile 10 MB array of 5 M values took over 1 GB.
+TEST(Json, ADocumentTreeCostsAbout24BytesPerValue) {
+  const int64_t count = 1 << 20;
+  std::string ones = "[";
+  for (int64_t index = 0; index < count; ++index)
+    ones += index ? ",1" : "1";
+  ones += "]";
+  {
+    nibble::testing::AllocationPeak peak;
+    const JsonValue value = parse_json(ones);
+    ASSERT_EQ(value.as_array().size(), static_cast<std::size_t>(count));
+    // Held once parsed: the elements, shrunk to fit; at most 2x while the vector grows.
+    EXPECT_LE(peak.bytes(), 2 * 24 * count + 4096) << peak.bytes() / count << " bytes per value";
+  }
+  std::string empties = "[";
+  for (int64_t index = 0; index < count; ++index)
+    empties += index ? ",[]" : "[]";
+  empties += "]";
+  nibble::testing::AllocationPeak peak;
+  const JsonValue value = parse_json(empties);
+  EXPECT_TRUE(value.as_array()[0].as_array().empty());
+  EXPECT_LE(peak.bytes(), 2 * 24 * count + 4096) << "empty arrays allocate nothing";
+}
+
+TEST(Json, CopiesAreDeep) {
+  JsonValue original = parse_json(R"({"a": [1, "two", {"b": 2.5}], "c": "x"})");
+  const JsonValue copy = original;
+  original = parse_json("null");
+  EXPECT_EQ(copy.find("a")->as_array()[1].as_string(), "two");
+  EXPECT_EQ(copy.find("a")->as_array()[2].find("b")->as_double(), 2.5);
+  EXPECT_EQ(copy.find("c")->offset(), 35u);  // the quote of "x"
+}
+
+// ---- the pull parser ------------------------------------------------------------------------------
+
+TEST(JsonReader, WalksADocumentWithoutATree) {
+  nibble::io::JsonReader reader(R"( {"n": [1, -2.5e1, true], "s": "\u00e9", "z": null} )", "doc");
+  std::vector<std::string> seen;
+  reader.read_object([&](std::string key, std::size_t key_offset) {
+    seen.push_back(key + "@" + std::to_string(key_offset));
+    if (key == "n") {
+      reader.read_array([&](std::size_t index) {
+        if (index == 0) {
+          EXPECT_EQ(reader.read_number().integer, 1);
+        } else if (index == 1) {
+          EXPECT_EQ(reader.read_number().real, -25.0);
+        } else {
+          EXPECT_TRUE(reader.read_bool());
+        }
+      });
+    } else if (key == "s") {
+      EXPECT_EQ(reader.read_string(), "\xc3\xa9");
+    } else {
+      EXPECT_EQ(reader.describe_next(), "null");
+      reader.skip_value();
+    }
+  });
+  reader.finish();
+  EXPECT_EQ(seen, (std::vector<std::string>{"n@2", "s@26", "z@41"}));
+}
+
+TEST(JsonReader, SkippedValuesAreCheckedAsStrictly) {
+  for (const char* text : {R"({"a": [1, 01]})", R"({"a": {"k": 1, "k": 2}})", R"({"a": "\ud800"})",
+                           R"({"a": [[[1]]], "a": 2})"}) {
+    nibble::io::JsonReader reader(text, "doc");
+    EXPECT_THROW(
+        {
+          reader.read_object([&](std::string, std::size_t) { reader.skip_value(); });
+          reader.finish();
+        },
+        Error)
+        << text;
+  }
+}
+
+TEST(JsonReader, KindErrorsNameWhatWasFound) {
+  nibble::io::JsonReader reader("  [7, 2.5]", "doc");
+  EXPECT_EQ(reader.describe_next(), "an array");
+  reader.read_array([&](std::size_t index) {
+    try {
+      reader.fail_kind("element", "a string");
+    } catch (const Error& error) {
+      EXPECT_STREQ(error.what(), index == 0
+                                     ? "nibble: element at byte 3: expected a string, found an "
+                                       "integer (7)"
+                                     : "nibble: element at byte 6: expected a string, found a "
+                                       "non-integer number (2.5)");
+    }
+    reader.skip_value();
+  });
+  reader.finish();
 }
 
 }  // namespace

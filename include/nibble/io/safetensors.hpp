@@ -66,6 +66,10 @@ namespace nibble::io {
 // The reference implementation's MAX_HEADER_SIZE (100,000,000 bytes, decimal): a larger N is
 // rejected before anything is allocated for it.
 inline constexpr int64_t kMaxSafetensorsHeaderBytes = 100'000'000;
+// Tensors of higher rank are refused (ErrorCode::unsupported) as the header is read, so a header
+// cannot make the reader hold more than 64 dims per tensor (numpy 2's NPY_MAXDIMS is 64 too):
+// the reader's memory stays a small multiple of the header's size.
+inline constexpr std::size_t kMaxSafetensorsRank = 64;
 
 // One tensor's entry in the header. `shape` is a plain vector, not nibble::Shape: safetensors
 // allows 0-sized dimensions (and rank 0, a scalar), which Shape rejects.
@@ -277,55 +281,111 @@ inline void SafetensorsFile::parse_header(const std::string& header, int64_t dat
     nibble::detail::fail(ErrorCode::malformed, source, ": byte ", bad_utf8,
                          ": invalid UTF-8 (expected the header to be UTF-8 JSON)");
   }
-  const JsonValue root = parse_json(header, source);
-  const JsonValue::Object& entries = root.as_object(source + ": top-level value");
+  // Read with the pull parser straight into TensorInfo: memory is what the tensors need (names,
+  // shapes of at most kMaxSafetensorsRank dims), not a document tree of the header.
+  JsonReader reader(header, source);
+  if (reader.peek_kind() != JsonValue::Kind::object) {
+    reader.fail_kind(source + ": top-level value", "an object");
+  }
+  // A non-negative integer; a number too large for int64 is an overflow, anything else is
+  // malformed.
+  const auto non_negative = [&](const std::string& label) {
+    const std::size_t at = reader.offset();
+    const JsonValue::Kind kind = reader.peek_kind();
+    if (kind != JsonValue::Kind::integer && kind != JsonValue::Kind::real) {
+      reader.fail_kind(label, "an integer that fits int64");
+    }
+    const JsonReader::Number number = reader.read_number();
+    if (!number.integral) {
+      if (number.real >= 9.2233720368547758e18) {
+        nibble::detail::fail(ErrorCode::overflow, label, " at byte ", at, " = ", number.real,
+                             " does not fit int64");
+      }
+      nibble::detail::fail(ErrorCode::malformed, label, " at byte ", at,
+                           ": expected an integer that fits int64, found ",
+                           JsonValue::make_real(number.real).describe());
+    }
+    if (number.integer < 0) {
+      nibble::detail::fail(ErrorCode::malformed, label, " at byte ", at, " = ", number.integer,
+                           " (expected >= 0)");
+    }
+    return number.integer;
+  };
 
-  for (const JsonMember& entry : entries) {
-    if (entry.key == "__metadata__") {
-      if (entry.value.is_null()) continue;  // the reference reads null as "no metadata"
+  reader.read_object([&](std::string key, std::size_t) {
+    if (key == "__metadata__") {
       const std::string what = source + ": \"__metadata__\"";
-      for (const JsonMember& item : entry.value.as_object(what)) {
-        metadata_[item.key] = item.value.as_string(what + " value of \"" + item.key + "\"");
+      const JsonValue::Kind kind = reader.peek_kind();
+      if (kind == JsonValue::Kind::null) {  // the reference reads null as "no metadata"
+        reader.read_null();
+        return;
       }
-      continue;
+      if (kind != JsonValue::Kind::object) reader.fail_kind(what, "an object");
+      reader.read_object([&](std::string item, std::size_t) {
+        if (reader.peek_kind() != JsonValue::Kind::string) {
+          reader.fail_kind(what + " value of \"" + item + "\"", "a string");
+        }
+        metadata_[std::move(item)] = reader.read_string();
+      });
+      return;
     }
-    const std::string what = source + ": tensor \"" + entry.key + "\"";
-    const JsonValue::Object& fields = entry.value.as_object(what);
-    for (const JsonMember& field : fields) {
-      if (field.key != "dtype" && field.key != "shape" && field.key != "data_offsets") {
-        nibble::detail::fail(ErrorCode::malformed, what, ": unknown key \"", field.key,
-                             "\" at byte ", field.key_offset,
-                             " (expected only dtype, shape and data_offsets)");
-      }
-    }
-    const auto required = [&](const char* key) -> const JsonValue& {
-      const JsonValue* value = entry.value.find(key);
-      if (value == nullptr) {
-        nibble::detail::fail(ErrorCode::malformed, what, " at byte ", entry.value.offset(),
-                             ": missing key \"", key, "\"");
-      }
-      return *value;
-    };
-    // A non-negative integer; a number too large for int64 is an overflow, anything else is
-    // malformed.
-    const auto non_negative = [&](const JsonValue& value, const std::string& label) {
-      if (value.kind() == JsonValue::Kind::real &&
-          value.as_double(label) >= 9.2233720368547758e18) {
-        nibble::detail::fail(ErrorCode::overflow, label, " at byte ", value.offset(), " = ",
-                             value.as_double(label), " does not fit int64");
-      }
-      const int64_t number = value.as_int(label);
-      if (number < 0) {
-        nibble::detail::fail(ErrorCode::malformed, label, " at byte ", value.offset(), " = ",
-                             number, " (expected >= 0)");
-      }
-      return number;
-    };
-
+    const std::string what = source + ": tensor \"" + key + "\"";
+    const std::size_t entry_at = reader.offset();
+    if (reader.peek_kind() != JsonValue::Kind::object) reader.fail_kind(what, "an object");
     TensorInfo info;
-    info.name = entry.key;
-    const JsonValue& dtype_value = required("dtype");
-    const std::string& dtype_name = dtype_value.as_string(what + " dtype");
+    info.name = std::move(key);
+    bool have_dtype = false, have_shape = false, have_offsets = false;
+    std::string dtype_name;
+    std::size_t dtype_at = 0;
+    std::size_t offsets_count = 0;
+    reader.read_object([&](std::string field, std::size_t field_at) {
+      if (field == "dtype") {
+        dtype_at = reader.offset();
+        if (reader.peek_kind() != JsonValue::Kind::string) reader.fail_kind(what + " dtype", "a string");
+        dtype_name = reader.read_string();
+        have_dtype = true;
+      } else if (field == "shape") {
+        if (reader.peek_kind() != JsonValue::Kind::array) reader.fail_kind(what + " shape", "an array");
+        info.shape.clear();
+        reader.read_array([&](std::size_t axis) {
+          const std::string label = what + " shape[" + std::to_string(axis) + "]";
+          if (axis >= kMaxSafetensorsRank) {
+            nibble::detail::fail(ErrorCode::unsupported, what, ": shape has more than ",
+                                 kMaxSafetensorsRank, " dimensions (at byte ", reader.offset(),
+                                 "; expected at most ", kMaxSafetensorsRank, ")");
+          }
+          info.shape.push_back(non_negative(label));
+        });
+        have_shape = true;
+      } else if (field == "data_offsets") {
+        if (reader.peek_kind() != JsonValue::Kind::array) {
+          reader.fail_kind(what + " data_offsets", "an array");
+        }
+        offsets_count = 0;
+        reader.read_array([&](std::size_t index) {
+          if (index == 0) {
+            info.begin = non_negative(what + " data_offsets[0]");
+          } else if (index == 1) {
+            info.end = non_negative(what + " data_offsets[1]");
+          } else {
+            reader.skip_value();  // counted for the message below
+          }
+          ++offsets_count;
+        });
+        have_offsets = true;
+      } else {
+        nibble::detail::fail(ErrorCode::malformed, what, ": unknown key \"", field, "\" at byte ",
+                             field_at, " (expected only dtype, shape and data_offsets)");
+      }
+    });
+    for (const auto& [present, name] : {std::pair<bool, const char*>{have_dtype, "dtype"},
+                                        {have_shape, "shape"},
+                                        {have_offsets, "data_offsets"}}) {
+      if (!present) {
+        nibble::detail::fail(ErrorCode::malformed, what, " at byte ", entry_at,
+                             ": missing key \"", name, "\"");
+      }
+    }
     if (detail::is_other_safetensors_dtype(dtype_name)) {
       nibble::detail::fail(
           ErrorCode::unsupported, what, ": dtype \"", dtype_name,
@@ -336,28 +396,21 @@ inline void SafetensorsFile::parse_header(const std::string& header, int64_t dat
       info.dtype = dtype_from_name(dtype_name);
     } catch (const Error&) {
       nibble::detail::fail(ErrorCode::malformed, what, ": unknown dtype \"", dtype_name,
-                           "\" at byte ", dtype_value.offset(),
+                           "\" at byte ", dtype_at,
                            " (expected F64, F32, F16, BF16, I64, I32, I16, I8, U8 or BOOL)");
     }
-
-    const JsonValue::Array& dims = required("shape").as_array(what + " shape");
     // Folded in order like the reference (so [2^40, 2^40, 0] overflows there and here).
     int64_t numel = 1;
-    for (std::size_t axis = 0; axis < dims.size(); ++axis) {
+    for (std::size_t axis = 0; axis < info.shape.size(); ++axis) {
       const std::string label = what + " shape[" + std::to_string(axis) + "]";
-      info.shape.push_back(non_negative(dims[axis], label));
-      numel = nibble::detail::checked_mul(numel, info.shape.back(), label.c_str());
+      numel = nibble::detail::checked_mul(numel, info.shape[axis], label.c_str());
     }
     const int64_t expected_bytes = nibble::detail::checked_mul(
         numel, static_cast<int64_t>(size_of(info.dtype)), (what + " byte size").c_str());
-
-    const JsonValue::Array& offsets = required("data_offsets").as_array(what + " data_offsets");
-    if (offsets.size() != 2) {
-      nibble::detail::fail(ErrorCode::malformed, what, ": data_offsets has ", offsets.size(),
+    if (offsets_count != 2) {
+      nibble::detail::fail(ErrorCode::malformed, what, ": data_offsets has ", offsets_count,
                            " elements (expected 2: [begin, end])");
     }
-    info.begin = non_negative(offsets[0], what + " data_offsets[0]");
-    info.end = non_negative(offsets[1], what + " data_offsets[1]");
     if (info.end < info.begin) {
       nibble::detail::fail(ErrorCode::malformed, what, ": data_offsets [", info.begin, ", ",
                            info.end, "] end before they begin");
@@ -374,7 +427,9 @@ inline void SafetensorsFile::parse_header(const std::string& header, int64_t dat
                            " elements) needs ", expected_bytes);
     }
     tensors_.push_back(std::move(info));
-  }
+  });
+  reader.finish();
+  tensors_.shrink_to_fit();
 
   // The data section must be the tensors back to back. Sorting by (begin, end) puts 0-byte
   // tensors before a tensor starting at the same offset; the name breaks the remaining ties so
