@@ -6,10 +6,12 @@
 #   usage: install-deps.sh
 set -euo pipefail
 
+# clang (+ libomp, compiler-rt): the sanitizer build and the fuzzers; strace: the CLI fault
+# tests read the system calls of a run (tests/cli).
 debian_packages=(cmake g++ make git libgtest-dev libgmock-dev libbenchmark-dev libeigen3-dev
-                 libxsimd-dev xtl-dev)
-python_packages=(numpy ml_dtypes)
-python_imports="numpy, ml_dtypes"
+                 libxsimd-dev xtl-dev clang libomp-dev libclang-rt-dev strace)
+python_packages=(numpy ml_dtypes pytest)
+python_imports="numpy, ml_dtypes, pytest"
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 

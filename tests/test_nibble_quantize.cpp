@@ -365,7 +365,7 @@ TEST_F(NibbleQuantize, AnInterruptLeavesNoPartialOutput) {
   const Result interrupted = run(model() + " -o " + output());
   unsetenv("NIBBLE_QUANTIZE_INTERRUPT_AFTER");
   EXPECT_EQ(interrupted.status, 130);
-  EXPECT_NE(interrupted.err.find("interrupted; no output was written"), std::string::npos)
+  EXPECT_NE(interrupted.err.find("interrupted (SIGINT); no output was written"), std::string::npos)
       << interrupted.err;
   expect_no_output();
   // Into an existing directory: it stays, holding nothing new.

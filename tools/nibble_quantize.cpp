@@ -30,6 +30,7 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -48,9 +49,12 @@
 #include "nibble/formats/gptq.hpp"
 #include "nibble/formats/ort.hpp"
 #include "nibble/io/atomic_file.hpp"
+#include "nibble/io/checkpoint.hpp"
 #include "nibble/io/gguf_file.hpp"
 #include "nibble/io/json.hpp"
+#include "nibble/io/path_overlap.hpp"
 #include "nibble/io/safetensors.hpp"
+#include "nibble/io/scratch_file.hpp"
 #include "nibble/kernels/cpu/dequantize.hpp"
 #include "nibble/quantizer.hpp"
 #include "nibble/solvers/gptq.hpp"
@@ -75,11 +79,22 @@ volatile std::sig_atomic_t g_interrupted = 0;
 // The output directory when this run created it: removed again if the run fails while it is
 // still empty (so a failed run leaves nothing at all).
 std::optional<fs::path> g_created_output_dir;
-extern "C" void on_interrupt(int) {
-  g_interrupted = 1;
+// The signal that interrupted the run (SIGINT, SIGTERM), or 0.
+extern "C" void on_interrupt(int signal_number) {
+  g_interrupted = signal_number;
+}
+volatile std::sig_atomic_t g_resumed = 0;  // the test pause's SIGUSR1
+extern "C" void on_resume(int) {
+  g_resumed = 1;
 }
 
 struct Interrupted {};  // thrown between steps once Ctrl-C was pressed
+
+// A commit that failed after some output files were renamed into place: what was written.
+struct PartialCommit {
+  std::string message;
+  std::vector<std::string> written;
+};
 
 void check_interrupt() {
   if (g_interrupted != 0) throw Interrupted{};
@@ -466,7 +481,9 @@ struct JsonObject {
 };
 
 // Every output file is written to a temporary first and renamed only once all of them are
-// complete, so an error or Ctrl-C anywhere leaves none of them behind.
+// complete, so an error or Ctrl-C before the commit leaves none of them behind. The commit
+// renames the side files first and the model file last: a model file in place means its side
+// files are too. If a rename fails part way, the error says exactly which files were written.
 class StagedOutputs {
  public:
   nibble::io::AtomicOutputFile& add(const fs::path& path) {
@@ -477,127 +494,34 @@ class StagedOutputs {
     nibble::io::AtomicOutputFile& out = add(path);
     out.stream().write(text.data(), static_cast<std::streamsize>(text.size()));
   }
-  void commit_all() {
-    for (auto& file : files_)
-      file->commit();
+  // Commits every file, `last` (the model) after all the others.
+  void commit_all(const fs::path& last) {
+    std::stable_partition(files_.begin(), files_.end(),
+                          [&](const auto& file) { return fs::path(file->path()) != last; });
+    for (auto& file : files_) {  // no interrupt check: once the first rename is done, finish
+      try {
+        file->commit();
+      } catch (const Error& failure) {
+        throw PartialCommit{failure.what(), committed_paths()};
+      }
+    }
+  }
+  std::vector<std::string> committed_paths() const {
+    std::vector<std::string> paths;
+    for (const auto& file : files_) {
+      if (file->committed()) paths.push_back(file->path());
+    }
+    return paths;
   }
 
  private:
   std::vector<std::unique_ptr<nibble::io::AtomicOutputFile>> files_;
 };
 
-std::string read_text_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) nibble::detail::fail(ErrorCode::io, "cannot read \"", path.string(), "\"");
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 // ---- the input model ---------------------------------------------------------------------------
 
-struct InputTensor {
-  TensorInfo info;
-  SafetensorsFile* file = nullptr;
-};
-
-struct Model {
-  fs::path directory;  // where side files live (the file's directory for a single file)
-  std::vector<std::unique_ptr<SafetensorsFile>> files;
-  std::vector<InputTensor> tensors;  // shard order, then offset order
-  std::optional<JsonValue> config;   // config.json
-  std::vector<fs::path> side_files;  // copied to the output (tokenizer, vocab, ...)
-};
-
-bool is_side_file(const fs::path& path) {
-  const std::string name = path.filename().string();
-  const std::string extension = path.extension().string();
-  if (name.empty() || name[0] == '.') return false;  // .gitattributes, editor files
-  if (name == "config.json" || name == "model.safetensors.index.json") return false;
-  if (extension == ".safetensors" || extension == ".bin" || extension == ".pt" ||
-      extension == ".pth" || extension == ".onnx" || extension == ".gguf" || extension == ".h5" ||
-      extension == ".msgpack" || extension == ".ot") {
-    return false;  // other weight formats: not ours to copy
-  }
-  std::error_code error;
-  const auto size = fs::file_size(path, error);
-  return !error && size < (64u << 20);
-}
-
-Model open_model(const std::string& input) {
-  Model model;
-  std::error_code error;
-  if (!fs::exists(input, error)) {
-    nibble::detail::fail(ErrorCode::io, "input \"", input, "\" does not exist");
-  }
-  std::vector<fs::path> shards;
-  if (fs::is_directory(input, error)) {
-    model.directory = input;
-    const fs::path index = model.directory / "model.safetensors.index.json";
-    if (fs::exists(index)) {
-      // {"weight_map": {"name": "model-00001-of-00002.safetensors", ...}}: the shard set.
-      const JsonValue root = nibble::io::parse_json(read_text_file(index), index.string());
-      const JsonValue* map = root.find("weight_map");
-      if (map == nullptr) {
-        nibble::detail::fail(ErrorCode::malformed, index.string(), ": no \"weight_map\"");
-      }
-      std::vector<std::string> names;
-      for (const JsonMember& member : map->as_object(index.string() + " weight_map")) {
-        const std::string& shard = member.value.as_string(index.string() + " weight_map value");
-        if (std::find(names.begin(), names.end(), shard) == names.end()) names.push_back(shard);
-      }
-      std::sort(names.begin(), names.end());
-      for (const std::string& name : names)
-        shards.push_back(model.directory / name);
-    } else {
-      for (const auto& entry : fs::directory_iterator(model.directory)) {
-        if (entry.path().extension() == ".safetensors") shards.push_back(entry.path());
-      }
-      std::sort(shards.begin(), shards.end());
-    }
-    if (shards.empty()) {
-      nibble::detail::fail(ErrorCode::io, "model directory \"", input,
-                           "\" holds no .safetensors file");
-    }
-    for (const auto& entry : fs::directory_iterator(model.directory)) {
-      if (entry.is_regular_file() && is_side_file(entry.path()))
-        model.side_files.push_back(entry.path());
-    }
-    std::sort(model.side_files.begin(), model.side_files.end());
-  } else {
-    shards.push_back(input);
-    model.directory = fs::path(input).parent_path();
-  }
-  const fs::path config = model.directory / "config.json";
-  if (fs::exists(config)) {
-    model.config = nibble::io::parse_json(read_text_file(config), config.string());
-  }
-  for (const fs::path& shard : shards) {
-    model.files.push_back(std::make_unique<SafetensorsFile>(SafetensorsFile::open(shard.string())));
-    for (const TensorInfo& info : model.files.back()->tensors())
-      model.tensors.push_back({info, model.files.back().get()});
-  }
-  std::map<std::string, int> seen;
-  for (const InputTensor& tensor : model.tensors) {
-    if (++seen[tensor.info.name] > 1) {
-      nibble::detail::fail(ErrorCode::malformed, "tensor \"", tensor.info.name,
-                           "\" appears in more than one shard");
-    }
-  }
-  return model;
-}
-
-std::optional<int64_t> config_integer(const Model& model, const char* key) {
-  if (!model.config || !model.config->is_object()) return std::nullopt;
-  const JsonValue* value = model.config->find(key);
-  if (value == nullptr) {
-    // Multimodal configs nest the language model's under text_config.
-    const JsonValue* text = model.config->find("text_config");
-    if (text != nullptr && text->is_object()) value = text->find(key);
-  }
-  if (value == nullptr || !value->is_integer()) return std::nullopt;
-  return value->as_int(key);
-}
+using InputTensor = nibble::io::CheckpointTensor;
+using Model = nibble::io::Checkpoint;
 
 bool is_float_dtype(DType dtype) {
   return dtype == DType::f32 || dtype == DType::f16 || dtype == DType::bf16;
@@ -632,53 +556,35 @@ std::optional<std::string> not_a_candidate(const TensorInfo& info, const Options
 
 // ---- spool: tensor bytes in output order, before the header exists ------------------------------
 
+// An anonymous scratch file in the output directory (io/scratch_file.hpp): it has no name, so no
+// crash, SIGKILL or power cut can leave it behind, and its bytes count against the output's file
+// system, where a full disk is then reported.
 class Spool {
  public:
   explicit Spool(const fs::path& directory)
-      : file_(std::make_unique<nibble::io::AtomicOutputFile>(
-            (directory / ".nibble-quantize-spool").string())),
-        path_(file_->temp_path()) {}
+      : file_(nibble::io::ScratchFile::create(directory.string())) {}
 
-  int64_t append(const void* bytes, int64_t byte_count) {
-    const int64_t offset = size_;
-    file_->stream().write(static_cast<const char*>(bytes),
-                          static_cast<std::streamsize>(byte_count));
-    if (!file_->stream().good()) {
-      nibble::detail::fail(ErrorCode::io, "writing the spool \"", path_, "\" failed (disk full?)");
-    }
-    size_ += byte_count;
-    return offset;
-  }
-  int64_t size() const { return size_; }
+  int64_t append(const void* bytes, int64_t byte_count) { return file_.append(bytes, byte_count); }
+  int64_t size() const { return file_.size(); }
 
   // Streams [offset, offset + byte_count) to `out` in 8 MiB pieces.
   void copy_to(std::ostream& out, int64_t offset, int64_t byte_count) {
-    if (!reader_) {
-      file_->stream().flush();
-      reader_ = std::make_unique<std::ifstream>(path_, std::ios::binary);
-      if (!*reader_) nibble::detail::fail(ErrorCode::io, "cannot reread the spool \"", path_, "\"");
-    }
-    reader_->clear();
-    reader_->seekg(offset);
-    std::vector<char> buffer(8u << 20);
+    std::vector<char> buffer(static_cast<std::size_t>(std::min<int64_t>(byte_count, 8 << 20)));
     while (byte_count > 0) {
       check_interrupt();
-      const auto piece = static_cast<std::streamsize>(
-          std::min<int64_t>(byte_count, static_cast<int64_t>(buffer.size())));
-      reader_->read(buffer.data(), piece);
-      if (reader_->gcount() != piece) nibble::detail::fail(ErrorCode::io, "spool read failed");
-      out.write(buffer.data(), piece);
-      if (!out.good())
+      const int64_t piece = std::min<int64_t>(byte_count, static_cast<int64_t>(buffer.size()));
+      file_.read_at(offset, buffer.data(), piece);
+      out.write(buffer.data(), static_cast<std::streamsize>(piece));
+      if (!out.good()) {
         nibble::detail::fail(ErrorCode::io, "writing the output failed (disk full?)");
+      }
+      offset += piece;
       byte_count -= piece;
     }
   }
 
  private:
-  std::unique_ptr<nibble::io::AtomicOutputFile> file_;  // never committed: removed at the end
-  std::string path_;
-  std::unique_ptr<std::ifstream> reader_;
-  int64_t size_ = 0;
+  nibble::io::ScratchFile file_;
 };
 
 // ---- one tensor --------------------------------------------------------------------------------
@@ -1087,7 +993,6 @@ class Converter {
       nibble::gguf::quantize_row(type, original.data() + r * k, k, blocks.data() + r * row_bytes);
       nibble::gguf::dequantize_row(type, blocks.data() + r * row_bytes, k, restored.data() + r * k);
     });
-
     add_output(info.name, DType::u8, info.shape, blocks.data(), static_cast<int64_t>(blocks.size()),
                type);
     row.type = nibble::gguf::type_name(type);
@@ -1318,30 +1223,98 @@ std::optional<JsonValue> quantization_config(const Options& options,
   }
 }
 
+// What a run writes: the model file, copies of the side files, config.json, and, by format and
+// option, quantize_config.json and the --json summary.
+struct OutputPlan {
+  fs::path directory;
+  fs::path model_file;
+  std::vector<std::pair<fs::path, fs::path>> side_copies;  // source -> destination
+  std::optional<fs::path> config;
+  std::optional<fs::path> quantize_config;
+  std::optional<fs::path> summary;
+  std::vector<fs::path> files() const {
+    std::vector<fs::path> all{model_file};
+    for (const auto& copy : side_copies)
+      all.push_back(copy.second);
+    for (const auto* path : {&config, &quantize_config, &summary}) {
+      if (*path) all.push_back(**path);
+    }
+    return all;
+  }
+};
+
+OutputPlan plan_outputs(const Options& options, const Model& model) {
+  OutputPlan plan;
+  plan.directory = options.output;
+  plan.model_file =
+      plan.directory / (options.format == Format::gguf ? "model.gguf" : "model.safetensors");
+  if (model.config()) plan.config = plan.directory / "config.json";
+  if (options.format == Format::gptq) plan.quantize_config = plan.directory / "quantize_config.json";
+  if (options.json && *options.json != "-") {
+    plan.summary = fs::path(*options.json);
+    const fs::path parent = nibble::io::detail::directory_of(*plan.summary);
+    std::error_code error;
+    const bool in_output = nibble::io::detail::normal_path(parent) ==
+                           nibble::io::detail::normal_path(plan.directory);
+    if (!in_output && !fs::is_directory(parent, error)) {
+      throw UsageError{"--json \"" + *options.json + "\": directory \"" + parent.string() +
+                       "\" does not exist"};
+    }
+  }
+  for (const fs::path& side : model.side_files()) {
+    const fs::path destination = plan.directory / side.filename();
+    // A side file named like a file this run generates is replaced by the generated one.
+    if (destination == plan.model_file || destination == plan.quantize_config) continue;
+    plan.side_copies.emplace_back(side, destination);
+  }
+  return plan;
+}
+
+// Test hook: NIBBLE_QUANTIZE_TEST_PAUSE=POINT ("tensor:N" before tensor N, or "commit" when every
+// output is staged and none is renamed) stops the run there for up to a minute, after saying so
+// on stderr, so the fault tests can act at a known point (kill it, or change the output
+// directory). SIGUSR1 resumes the run; SIGINT / SIGTERM end the pause and interrupt it.
+void test_pause(const std::string& point) {
+  const char* wanted = std::getenv("NIBBLE_QUANTIZE_TEST_PAUSE");
+  if (wanted == nullptr || point != wanted) return;
+  std::signal(SIGUSR1, on_resume);
+  std::fprintf(stderr, "nibble-quantize: test pause at %s\n", point.c_str());
+  std::fflush(stderr);
+  for (int tick = 0; tick < 600 && g_interrupted == 0 && g_resumed == 0; ++tick)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+}
+
+// The message of a nibble::Error without its "nibble: " prefix (for "tensor X: ...").
+std::string message_of(const Error& error) {
+  const std::string text = error.what();
+  return text.rfind("nibble: ", 0) == 0 ? text.substr(8) : text;
+}
+
 int run(const Options& options) {
   const auto start = std::chrono::steady_clock::now();
-  // Output directory first: a bad -o fails before minutes of work.
   const fs::path output_dir = options.output;
   std::error_code error;
   if (fs::exists(output_dir, error) && !fs::is_directory(output_dir, error)) {
     nibble::detail::fail(ErrorCode::io, "output \"", options.output,
                          "\" exists and is not a directory (expected an output directory)");
   }
-  if (!fs::exists(output_dir, error)) g_created_output_dir = output_dir;
-  fs::create_directories(output_dir, error);
-  if (error) {
-    g_created_output_dir.reset();
-    nibble::detail::fail(ErrorCode::io, "cannot create output directory \"", options.output,
-                         "\": ", error.message());
-  }
-  if (fs::equivalent(output_dir, fs::path(options.input), error)) {
-    nibble::detail::fail(ErrorCode::invalid_argument,
-                         "the output directory is the input directory (expected another one)");
-  }
 
-  Model model = open_model(options.input);
+  // Everything read and everything to be written is known from the headers: an output that
+  // would replace an input (same file, same directory, a link to it) is refused before any work.
+  const Model model = Model::open(options.input);
   std::optional<SafetensorsFile> calibration;
   if (options.calibration) calibration.emplace(SafetensorsFile::open(*options.calibration));
+  const OutputPlan plan = plan_outputs(options, model);
+  std::vector<fs::path> files_read = model.files_read();
+  if (options.calibration) files_read.push_back(*options.calibration);
+  nibble::io::check_outputs_spare_inputs(files_read, output_dir, plan.files());
+  if (!options.quiet) {
+    for (const fs::path& ignored : model.ignored_files()) {
+      std::fprintf(stderr,
+                   "nibble-quantize: note: \"%s\" is not read (%s does not name it)\n",
+                   ignored.string().c_str(), std::string(nibble::io::kShardIndexName).c_str());
+    }
+  }
 
   // The base configuration and the policy.
   nibble::QuantConfig base;
@@ -1367,7 +1340,7 @@ int run(const Options& options) {
   std::optional<nibble::Policy> policy_holder;
   if (options.policy) {
     const bool needs_layers = *options.policy == "k_quant_mixed";
-    const std::optional<int64_t> layers = config_integer(model, "num_hidden_layers");
+    const std::optional<int64_t> layers = model.config_integer("num_hidden_layers");
     if (needs_layers && !layers) {
       throw UsageError{
           "--policy k_quant_mixed needs the layer count: config.json with "
@@ -1384,7 +1357,7 @@ int run(const Options& options) {
     policy.add_not_convert(pattern);
 
   std::vector<std::string> names;
-  for (const InputTensor& tensor : model.tensors)
+  for (const InputTensor& tensor : model.tensors())
     names.push_back(tensor.info.name);
   const std::vector<std::string> unmatched = policy.unmatched_rules(names);
   if (!unmatched.empty()) {
@@ -1397,22 +1370,52 @@ int run(const Options& options) {
   }
 
   const bool gguf = options.format == Format::gguf;
-  const fs::path output_file = output_dir / (gguf ? "model.gguf" : "model.safetensors");
+  const fs::path& output_file = plan.model_file;
+
+  // The output directory, made only now that the run is known to be well-formed (removed again
+  // if the run fails while it is still empty). Temporaries that a killed earlier run left there
+  // are removed (their lock is free: io/atomic_file.hpp); a running one's are kept.
+  if (!fs::exists(output_dir, error)) {
+    g_created_output_dir = output_dir;
+    fs::create_directories(output_dir, error);
+    if (error) {
+      g_created_output_dir.reset();
+      nibble::detail::fail(ErrorCode::io, "cannot create output directory \"", options.output,
+                           "\": ", error.message());
+    }
+  }
+  std::vector<std::string> stale = nibble::io::remove_stale_temporaries(output_dir.string());
+  if (plan.summary) {
+    for (std::string& path : nibble::io::remove_stale_temporaries(
+             nibble::io::detail::directory_of(*plan.summary).string(), std::chrono::seconds(10),
+             plan.summary->filename().string())) {
+      stale.push_back(std::move(path));
+    }
+  }
+  if (!options.quiet) {
+    for (const std::string& path : stale) {
+      std::fprintf(stderr,
+                   "nibble-quantize: removed \"%s\", left by an earlier run that did not "
+                   "finish\n",
+                   path.c_str());
+    }
+  }
   Spool spool(output_dir);
   Converter converter(options, spool, calibration);
   std::vector<Row> rows;
   Totals totals;
   int64_t total_bytes = 0;
-  for (const InputTensor& tensor : model.tensors)
+  for (const InputTensor& tensor : model.tensors())
     total_bytes += tensor.info.size_bytes();
-  Progress progress(static_cast<int64_t>(model.tensors.size()), total_bytes, options.quiet);
+  Progress progress(static_cast<int64_t>(model.tensors().size()), total_bytes, options.quiet);
   int64_t done_bytes = 0;
   // Test hook: NIBBLE_QUANTIZE_INTERRUPT_AFTER=N raises SIGINT after N tensors, so the tests can
   // drive the real Ctrl-C path (handler, cleanup, exit status) deterministically.
   const char* interrupt_after = std::getenv("NIBBLE_QUANTIZE_INTERRUPT_AFTER");
   const int64_t interrupt_at = interrupt_after != nullptr ? std::atoll(interrupt_after) : -1;
-  for (const InputTensor& tensor : model.tensors) {
+  for (const InputTensor& tensor : model.tensors()) {
     if (static_cast<int64_t>(rows.size()) == interrupt_at) std::raise(SIGINT);
+    test_pause("tensor:" + std::to_string(rows.size()));
     check_interrupt();
     const auto tensor_start = std::chrono::steady_clock::now();
     Row row;
@@ -1438,9 +1441,9 @@ int run(const Options& options) {
         const bool expressible = failure.code() == ErrorCode::unsupported;
         if (options.strict || !expressible) {
           nibble::detail::fail(failure.code(), "tensor \"", tensor.info.name,
-                               "\": ", failure.what());
+                               "\": ", message_of(failure));
         }
-        decision.reason = std::string("not expressible: ") + failure.what();
+        decision.reason = "not expressible: " + message_of(failure);
       }
     }
     if (converted) {
@@ -1478,7 +1481,7 @@ int run(const Options& options) {
     nibble::io::AtomicOutputFile& out = staged.add(output_file);
     if (gguf) {
       nibble::io::GgufWriter writer;
-      const JsonValue* model_type = model.config ? model.config->find("model_type") : nullptr;
+      const JsonValue* model_type = model.config() ? model.config()->find("model_type") : nullptr;
       writer.add_metadata("general.architecture", model_type != nullptr && model_type->is_string()
                                                       ? model_type->as_string("model_type")
                                                       : std::string("unknown"));
@@ -1518,29 +1521,33 @@ int run(const Options& options) {
   }
 
   // Side files, and config.json with its quantization_config.
-  for (const fs::path& side : model.side_files) {
+  for (const auto& [source, destination] : plan.side_copies) {
     check_interrupt();
-    staged.add_text(output_dir / side.filename(), read_text_file(side));
+    staged.add_text(destination,
+                    nibble::io::read_small_file(source, nibble::io::kMaxSideFileBytes, "side file"));
   }
-  if (model.config) {
-    JsonValue config = *model.config;
+  if (plan.config) {
+    JsonObject edited;
+    edited.members = model.config()->as_object("config.json");  // an object (Checkpoint::open)
     if (const auto quant = quantization_config(options, base, converter.desc_act())) {
-      JsonObject edited;
-      if (config.is_object()) edited.members = config.as_object("config.json");
       edited.set("quantization_config", *quant);
-      config = edited.value();
     }
-    staged.add_text(output_dir / "config.json", json_text(config));
+    staged.add_text(*plan.config, json_text(edited.value()));
   }
-  if (options.format == Format::gptq) {
-    staged.add_text(output_dir / "quantize_config.json",
+  if (plan.quantize_config) {
+    staged.add_text(*plan.quantize_config,
                     json_text(*quantization_config(options, base, converter.desc_act())));
   }
-  check_interrupt();
-  staged.commit_all();  // renames only: nothing is visible before this line
-
+  // The summary is staged with the outputs: it is written if and only if they are.
   totals.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const JsonValue summary = summary_json(options, rows, totals, output_file);
+  const std::string summary = options.json ? json_text(summary_json(options, rows, totals,
+                                                                    output_file))
+                                           : std::string();
+  if (plan.summary) staged.add_text(*plan.summary, summary);
+  test_pause("commit");
+  check_interrupt();
+  staged.commit_all(output_file);  // renames (and fsyncs) only: nothing is visible before this
+
   if (!options.quiet) {
     print_table(rows, options.table_all);
     std::printf(
@@ -1552,16 +1559,7 @@ int run(const Options& options) {
         static_cast<double>(totals.bytes_before) / static_cast<double>(totals.bytes_after),
         totals.bits_per_weight(), totals.seconds, output_file.string().c_str());
   }
-  if (options.json) {
-    const std::string text = json_text(summary);
-    if (*options.json == "-") {
-      std::cout << text;
-    } else {
-      nibble::io::AtomicOutputFile out(*options.json);
-      out.stream() << text;
-      out.commit();
-    }
-  }
+  if (options.json && *options.json == "-") std::cout << summary;
   return 0;
 }
 
@@ -1586,8 +1584,25 @@ int main(int argc, char** argv) {
                  usage.message.c_str());
     status = 2;
   } catch (const Interrupted&) {
-    std::fprintf(stderr, "\nnibble-quantize: interrupted; no output was written\n");
-    status = 130;
+    std::fprintf(stderr, "\nnibble-quantize: interrupted (%s); no output was written\n",
+                 g_interrupted == SIGTERM ? "SIGTERM" : "SIGINT");
+    status = 128 + static_cast<int>(g_interrupted);  // the shell's convention: 130, 143
+  } catch (const PartialCommit& partial) {
+    if (partial.written.empty()) {
+      std::fprintf(stderr, "\nnibble-quantize: error: %s\nno output was written\n",
+                   partial.message.c_str());
+      remove_created_output_dir();
+      return 1;
+    }
+    // Some outputs are in place: say exactly which, and leave them (and the directory).
+    std::string written;
+    for (const std::string& path : partial.written)
+      written += "\n  " + path;
+    std::fprintf(stderr,
+                 "\nnibble-quantize: error: %s\nwritten before the failure:%s\nthe other outputs "
+                 "were not written (files there before are unchanged)\n",
+                 partial.message.c_str(), written.c_str());
+    return 1;
   } catch (const Error& failure) {
     std::fprintf(stderr, "\nnibble-quantize: error: %s\nno output was written\n", failure.what());
   } catch (const std::exception& failure) {
