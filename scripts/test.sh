@@ -3,7 +3,9 @@
 #   1. the release preset: unit tests, convention tests against the numpy reference, the
 #      one-TU-per-header check, compile-fail checks, the CUDA compile check (nvcc, sm_80/89/90)
 #      and the consumer tests (install + find_package, add_subdirectory);
-#   2. the dev preset: the same unit tests under AddressSanitizer + UndefinedBehaviorSanitizer;
+#   2. the dev preset (clang): the same unit tests and the CLI fault tests under
+#      AddressSanitizer + UndefinedBehaviorSanitizer, the thread-safety test under
+#      ThreadSanitizer, and each libFuzzer harness for 60 s plus its regression inputs;
 #   3. the Python module (pip install .) and its pytest suite, including the bit-exact interop
 #      tests against onnxruntime.
 set -euo pipefail

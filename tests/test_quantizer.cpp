@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "nibble/quantizer.hpp"
+#include "nibble/solvers/kquant.hpp"
 #include "support/test_data.hpp"
 
 namespace {
@@ -219,6 +220,37 @@ TEST(WeightQuantizer, ScalesThatOverflowTheScaleTypeAreErrors) {
                                nibble::from_float<fp16>(60000.0f)};
   EXPECT_THROW(quantize<fp16>(half, Shape{2}, QuantConfig{4, 2, false, ConventionId::olive}),
                Error);
+}
+
+// The rows run in an OpenMP region: a failing row's Error must come out of it (not terminate the
+// process), and it must be the lowest failing row's, whatever the thread count.
+TEST(WeightQuantizer, AFailureInsideTheParallelRowsIsTheLowestRowsError) {
+  std::vector<float> weights = nibble::testing::gaussian(64 * 32, 5);
+  for (int64_t row : {40, 11, 12, 63}) {
+    weights[static_cast<std::size_t>(row * 32 + 3)] = 1e6f;  // a scale fp16 cannot hold
+    weights[static_cast<std::size_t>(row * 32 + 4)] = -1e6f;
+  }
+  for (int threads : {1, 2, 3, 8}) {
+    nibble::QuantizeOptions options;
+    options.num_threads = threads;
+    nibble::KQuantOptions kquant_options;
+    kquant_options.num_threads = threads;
+    const TensorView<const float> view(weights.data(), Shape{64, 32});
+    for (int solver = 0; solver < 2; ++solver) {
+      try {
+        if (solver == 0) {
+          (void)nibble::quantize<fp16>(view, QuantConfig{4, 32, false}, options);
+        } else {
+          (void)nibble::kquant_quantize<fp16>(view, QuantConfig{4, 32, false}, kquant_options);
+        }
+        FAIL() << "no error with " << threads << " threads";
+      } catch (const Error& error) {
+        EXPECT_EQ(error.code(), ErrorCode::non_finite);
+        EXPECT_NE(std::string(error.what()).find("row [11, 0] group 0"), std::string::npos)
+            << threads << " threads, solver " << solver << ": " << error.what();
+      }
+    }
+  }
 }
 
 TEST(WeightQuantizer, ThreadCountDoesNotChangeTheBytes) {
