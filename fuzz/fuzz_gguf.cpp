@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -20,14 +21,21 @@ GgufFile open_bytes(std::string bytes) {
                         "fuzz.gguf");
 }
 
-// The file written back by GgufWriter: the same metadata in order, the same tensors and bytes.
-std::string rewrite(GgufFile& file) {
+// The harness holds a rewritten file three times in memory; beyond this size (only a huge
+// "general.alignment" gets there: 2^30 is legal, and pads even a file without tensors to 1 GiB)
+// the rewrite is not checked, so the RSS limit stays about the readers.
+constexpr uint64_t kMaxRewriteBytes = 16u << 20;
+
+// The file written back by GgufWriter: the same metadata in order, the same tensors and bytes;
+// nullopt when it would exceed kMaxRewriteBytes.
+std::optional<std::string> rewrite(GgufFile& file) {
   std::ostringstream out(std::ios::binary);
   nibble::io::GgufWriter writer;
   for (const auto& entry : file.metadata())
     writer.add_metadata(entry.key, entry.value);
   for (const auto& info : file.tensors())
     writer.declare(info.name, info.type, info.shape);
+  if (writer.file_bytes() > kMaxRewriteBytes) return std::nullopt;
   writer.begin(out);
   for (const auto& info : file.tensors()) {
     const std::vector<uint8_t> bytes = file.read_bytes(info.name);
@@ -47,7 +55,7 @@ std::string encoding(const nibble::io::GgufMetadataEntry& entry) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  std::string written;
+  std::optional<std::string> rewritten;
   try {
     GgufFile file = open_bytes(std::string(reinterpret_cast<const char*>(data), size));
     for (const auto& entry : file.metadata()) {
@@ -59,10 +67,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         nibble::fuzz::fail("read_f32 size of " + info.name);
       }
     }
-    written = rewrite(file);
+    rewritten = rewrite(file);
   } catch (const nibble::Error&) {
     return 0;  // refused by the reader, or by the stricter writer (keys, alignment, names)
   }
+  if (!rewritten) return 0;
+  const std::string& written = *rewritten;
   // What the writer wrote must read back and write again to the same bytes (values compared bit
   // for bit, NaN payloads included), with the same tensors.
   GgufFile again = open_bytes(written);  // must open: no catch

@@ -5,7 +5,7 @@
 #      and the consumer tests (install + find_package, add_subdirectory);
 #   2. the dev preset (clang): the same unit tests and the CLI fault tests under
 #      AddressSanitizer + UndefinedBehaviorSanitizer, the thread-safety test under
-#      ThreadSanitizer, and each libFuzzer harness for 60 s plus its regression inputs;
+#      ThreadSanitizer, and each libFuzzer harness for 200000 seeded runs plus its regression inputs;
 #   3. the Python module (pip install .) and its pytest suite, including the bit-exact interop
 #      tests against onnxruntime.
 set -euo pipefail

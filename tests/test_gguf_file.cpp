@@ -37,6 +37,9 @@
 #include <vector>
 
 #include "nibble/io/gguf_file.hpp"
+#include "support/allocation_counter.hpp"
+
+NIBBLE_DEFINE_COUNTING_OPERATOR_NEW
 
 namespace {
 
@@ -741,6 +744,38 @@ TEST_F(GgufFileTest, StringArrayMemoryIsTheFilesBytes) {
   // A value built for the writer holds the same.
   const GgufValue value = tokens;
   EXPECT_EQ(value.as_array<std::string>().heap_bytes(), file_bytes);
+}
+
+// An alignment of 2^30 is legal (ggml: any power of two) and pads even a file without tensors to
+// 1 GiB; the writer streams that padding instead of holding it (found by fuzz_gguf: a 124-byte
+// file rewritten took 3 GB). The bytes go to a stream that only counts them.
+TEST_F(GgufFileTest, HugeAlignmentPaddingIsStreamedNotHeld) {
+  struct CountingBuffer : std::streambuf {
+    uint64_t bytes = 0;
+    uint64_t nonzero_bytes = 0;
+    std::streamsize xsputn(const char* data, std::streamsize count) override {
+      nonzero_bytes += static_cast<uint64_t>(
+          std::count_if(data, data + count, [](char byte) { return byte != 0; }));
+      bytes += static_cast<uint64_t>(count);
+      return count;
+    }
+  };
+  constexpr uint32_t kAlignment = 1u << 28;  // 256 MiB: held whole before, by file_bytes() too
+  GgufWriter writer;
+  writer.add_metadata("general.alignment", kAlignment);
+  writer.declare("w", kGgmlF32, {1, 3});
+  nibble::testing::AllocationPeak peak;
+  EXPECT_EQ(writer.file_bytes(), 2ull * kAlignment);  // the header, then 12 bytes, each padded
+  CountingBuffer counter;
+  std::ostream out(&counter);
+  writer.begin(out);
+  const float values[3] = {1, 2, 3};
+  writer.write("w", values, sizeof values);
+  writer.finish();
+  EXPECT_EQ(counter.bytes, 2ull * kAlignment);
+  // Everything but the unpadded header and the 12 data bytes is padding: zeros.
+  EXPECT_LE(counter.nonzero_bytes, 128u + 12u);  // the unpadded header is under 128 bytes
+  EXPECT_LT(peak.bytes(), 1 << 20);
 }
 
 // ---- writer errors ------------------------------------------------------------------------------

@@ -635,7 +635,12 @@ class GgufWriter {
  private:
   void check_not_begun(const char* function) const;
   const GgufTensorInfo& check_next(const char* function, std::string_view name);
+  // The header up to (not including) the padding before the data section.
+  std::string header_without_padding() const;
   void put(const char* bytes, std::size_t byte_count, const std::string& what);
+  // `count` zero bytes, written a fixed-size buffer at a time: the padding to an alignment of
+  // up to 2^31 bytes (legal, as in ggml) never becomes one allocation.
+  void put_zeros(uint64_t count, const std::string& what);
 
   std::vector<GgufMetadataEntry> metadata_;
   std::vector<GgufTensorInfo> tensors_;
@@ -960,7 +965,7 @@ inline std::vector<GgufTensorInfo> GgufWriter::tensors() const {
   return infos;
 }
 
-inline std::string GgufWriter::header_bytes() const {
+inline std::string GgufWriter::header_without_padding() const {
   std::string out = "GGUF";
   gguf_detail::put_le(out, kGgufVersion, 4);
   gguf_detail::put_le(out, tensors_.size(), 8);
@@ -978,12 +983,17 @@ inline std::string GgufWriter::header_bytes() const {
     gguf_detail::put_le(out, static_cast<uint32_t>(info.type), 4);
     gguf_detail::put_le(out, info.offset, 8);
   }
+  return out;
+}
+
+inline std::string GgufWriter::header_bytes() const {
+  std::string out = header_without_padding();
   out.append(gguf_detail::align_up(out.size(), alignment()) - out.size(), '\0');
   return out;
 }
 
 inline uint64_t GgufWriter::file_bytes() const {
-  uint64_t total = header_bytes().size();
+  uint64_t total = gguf_detail::align_up(header_without_padding().size(), alignment());
   for (const GgufTensorInfo& info : tensors_)
     total += gguf_detail::align_up(static_cast<uint64_t>(info.size_bytes), alignment());
   return total;
@@ -999,11 +1009,23 @@ inline void GgufWriter::put(const char* bytes, std::size_t byte_count, const std
   }
 }
 
+inline void GgufWriter::put_zeros(uint64_t count, const std::string& what) {
+  static constexpr std::size_t kChunkBytes = 64 * 1024;
+  static const std::vector<char> zeros(kChunkBytes, '\0');
+  while (count > 0) {
+    const auto chunk = static_cast<std::size_t>(std::min<uint64_t>(count, kChunkBytes));
+    put(zeros.data(), chunk, what);
+    count -= chunk;
+  }
+}
+
 inline void GgufWriter::begin(std::ostream& out) {
   check_not_begun("begin");
-  const std::string header = header_bytes();
+  const std::string header = header_without_padding();
   out_ = &out;
   put(header.data(), header.size(), "the header");
+  put_zeros(gguf_detail::align_up(header.size(), alignment()) - header.size(),
+            "the padding after the header");
 }
 
 inline void GgufWriter::begin(const std::string& path) {
@@ -1061,8 +1083,7 @@ inline void GgufWriter::write(std::string_view name, const void* bytes, std::siz
   put(static_cast<const char*>(bytes), byte_count, what);
   const uint64_t padding =
       gguf_detail::align_up(static_cast<uint64_t>(byte_count), alignment()) - byte_count;
-  const std::string zeros(padding, '\0');
-  put(zeros.data(), zeros.size(), "the padding after " + what);
+  put_zeros(padding, "the padding after " + what);
   ++next_;
 }
 
