@@ -26,8 +26,14 @@ blocks, as gguf-py's ``gguf.quants`` lays them out) and :func:`fused_merge` / :f
 
 Arrays go in and out without copies where the layout allows: results of :func:`quantize` own
 C++ buffers, and :func:`to_matmul_nbits` / :func:`to_gather_block_quantized` (uint8) return views
-of a tensor's arrays. fp16 is ``numpy.float16``, bf16 is ``ml_dtypes.bfloat16``. Errors from the
-C++ core arrive as ``ValueError`` (``TypeError`` for wrong types) with the C++ message.
+of a tensor's arrays. fp16 is ``numpy.float16``, bf16 is ``ml_dtypes.bfloat16``.
+
+Every argument is checked before anything runs, by the same rules everywhere (``nibble._checks``):
+integers are ``int`` or numpy integers (a float such as ``4.5`` -- or even ``4.0`` -- or a bool is a
+``TypeError``, never truncated), flags are bools, names are strings among the listed ones, arrays
+are numpy arrays of the listed dtypes, C-contiguous, aligned and non-empty (refused, never
+copied), tensors are :class:`QuantTensor` s. A wrong type is a ``TypeError``, a wrong value a
+``ValueError``; errors from the C++ core arrive as ``ValueError`` with the C++ message.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 import ml_dtypes
 import numpy as np
 
-from . import _nibble
+from . import _checks, _nibble
 
 __version__: str = _nibble.__version__
 
@@ -101,20 +107,28 @@ __all__ = [
 # ---- argument checks ----------------------------------------------------------------------------
 
 
-def _check_array(value: Any, name: str, dtypes: Sequence[np.dtype], min_rank: int = 1) -> np.ndarray:
-    """`value` as the numpy array it must already be: right type, C-contiguous, rank >= min_rank."""
-    if not isinstance(value, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(value).__name__}")
-    if value.dtype not in dtypes:
-        allowed = ", ".join(str(dtype) for dtype in dtypes)
-        raise TypeError(f"{name} has dtype {value.dtype} (expected {allowed})")
-    if value.ndim < min_rank:
-        raise ValueError(f"{name} has rank {value.ndim} (expected rank >= {min_rank})")
-    if not value.flags.c_contiguous:
-        raise ValueError(
-            f"{name} is not C-contiguous (strides {value.strides}); pass np.ascontiguousarray({name})"
-        )
-    return value
+_check_array = _checks.array
+
+#: What each integer parameter takes (see _checks.integer); one place, so every entry point
+#: says the same.
+_BITS = dict(choices=(2, 4, 8))
+_THREADS = dict(minimum=0, maximum=_checks.INT32_MAX, expected=">= 0; 0: OpenMP's default")
+_POSITIVE_INT32 = dict(minimum=1, maximum=_checks.INT32_MAX)
+
+
+def _group_size(value: Any, name: str = "group_size") -> int:
+    """A group size: > 0, or PER_CHANNEL (-1)."""
+    size = _checks.integer(value, name, minimum=-1, expected="> 0, or PER_CHANNEL (-1)")
+    if size == 0:
+        raise ValueError(f"{name} = 0 is invalid (expected > 0, or PER_CHANNEL (-1))")
+    return size
+
+
+_TENSOR = "a nibble.QuantTensor (from nibble.quantize, kquant, gptq, a from_* importer or QuantTensor(...))"
+
+
+def _tensor(value: Any, name: str = "tensor") -> "QuantTensor":
+    return _checks.instance(value, name, (QuantTensor,), _TENSOR)
 
 
 def _bits16(array: np.ndarray) -> np.ndarray:
@@ -132,8 +146,7 @@ def _dtype_name(dtype: DTypeLike, what: str) -> str:
 
 
 def _check_convention(convention: str) -> None:
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention {convention!r} is unknown (expected one of {', '.join(CONVENTIONS)})")
+    _checks.choice(convention, "convention", CONVENTIONS)
 
 
 def _quantize_dtypes(weights: np.ndarray, scale_dtype: DTypeLike, convention: str) -> Tuple[str, str]:
@@ -146,17 +159,22 @@ def _quantize_dtypes(weights: np.ndarray, scale_dtype: DTypeLike, convention: st
 
 
 def _replace_non_finite(non_finite: str) -> bool:
-    if non_finite not in ("error", "zero"):
-        raise ValueError(f"non_finite={non_finite!r} (expected 'error' or 'zero')")
-    return non_finite == "zero"
+    return _checks.choice(non_finite, "non_finite", ("error", "zero")) == "zero"
 
 
 def _calibration_list(calibration) -> list:
-    """One float32 calibration array, or a sequence of them, as a list of checked arrays."""
-    batches = [calibration] if isinstance(calibration, np.ndarray) else list(calibration)
-    for batch in batches:
-        _check_array(batch, "calibration", [np.dtype(np.float32)])
-    return batches
+    """One float32 calibration array, or a list or tuple of them, as a list of checked arrays."""
+    f32 = [np.dtype(np.float32)]
+    if isinstance(calibration, np.ndarray):
+        return [_check_array(calibration, "calibration", f32)]
+    if not isinstance(calibration, (list, tuple)):
+        raise TypeError(
+            "calibration must be a float32 numpy.ndarray or a list or tuple of them, "
+            f"got {_checks.type_name(calibration)}"
+        )
+    if not calibration:
+        raise ValueError("calibration is an empty list (expected at least one float32 [tokens, K] array)")
+    return [_check_array(batch, f"calibration[{index}]", f32) for index, batch in enumerate(calibration)]
 
 
 # ---- the tensor ---------------------------------------------------------------------------------
@@ -171,6 +189,14 @@ class QuantConfig:
     group_size: int = 128
     symmetric: bool = False
     convention: str = "olive"
+
+    def __post_init__(self) -> None:
+        # Checked and normalized once here (numpy integers become ints), so every function that
+        # takes a config can trust it. Frozen: the fields are set through object.__setattr__.
+        object.__setattr__(self, "bits", _checks.integer(self.bits, "bits", **_BITS))
+        object.__setattr__(self, "group_size", _group_size(self.group_size))
+        object.__setattr__(self, "symmetric", _checks.flag(self.symmetric, "symmetric"))
+        _check_convention(self.convention)
 
 
 class QuantTensor:
@@ -203,11 +229,11 @@ class QuantTensor:
         _check_array(scales, "scales", list(_FLOAT_DTYPES))
         if zeros is not None:
             _check_array(zeros, "zeros", [np.dtype(np.uint8)])
-        _check_convention(config.convention)
+        _checks.instance(config, "config", (QuantConfig,), "a nibble.QuantConfig")
         self.qweight = qweight
         self.scales = scales
         self.zeros = zeros
-        self.shape = tuple(int(dim) for dim in shape)
+        self.shape = tuple(_checks.integers(shape, "shape", minimum=1))
         self.config = config
         self._ref = _nibble.TensorRef(
             qweight,
@@ -257,8 +283,7 @@ class QuantTensor:
         """Sub-tensor `index` along the first dimension (expert e of [E, N, K]): views, no copy."""
         if len(self.shape) < 2:
             raise ValueError(f"cannot index a rank-1 QuantTensor of shape {self.shape}")
-        if not isinstance(index, (int, np.integer)):
-            raise TypeError(f"QuantTensor index must be an integer, got {type(index).__name__}")
+        index = _checks.integer(index, "QuantTensor index")
         if not -self.shape[0] <= index < self.shape[0]:
             raise IndexError(f"index {index} is out of range for the first dimension of {self.shape}")
         return QuantTensor(
@@ -316,7 +341,7 @@ def quantize(
         A :class:`QuantTensor` whose arrays own the quantizer's output (no copies).
     """
     weight_dtype, scale_name = _quantize_dtypes(weights, scale_dtype, convention)
-    config = QuantConfig(int(bits), int(group_size), bool(symmetric), convention)
+    config = QuantConfig(bits, group_size, symmetric, convention)
     arrays = _nibble.quantize(
         _bits16(weights),
         weight_dtype,
@@ -325,7 +350,7 @@ def quantize(
         config.symmetric,
         convention,
         scale_name,
-        int(num_threads),
+        _checks.integer(num_threads, "num_threads", **_THREADS),
         _replace_non_finite(non_finite),
     )
     return QuantTensor._from_arrays(arrays, weights.shape, config, scale_name)
@@ -361,9 +386,10 @@ def kquant(
     """
     weight_dtype, scale_name = _quantize_dtypes(weights, scale_dtype, convention)
     replace_non_finite = _replace_non_finite(non_finite)
+    _checks.choice(variant, "variant", KQUANT_VARIANTS)
     if importance is not None:
         _check_array(importance, "importance", [np.dtype(np.float32)])
-    config = QuantConfig(int(bits), int(group_size), bool(symmetric), convention)
+    config = QuantConfig(bits, group_size, symmetric, convention)
     arrays = _nibble.kquant(
         _bits16(weights),
         weight_dtype,
@@ -372,9 +398,9 @@ def kquant(
         config.symmetric,
         convention,
         scale_name,
-        int(num_threads),
+        _checks.integer(num_threads, "num_threads", **_THREADS),
         replace_non_finite,
-        str(variant),
+        variant,
         importance,
     )
     return QuantTensor._from_arrays(arrays, weights.shape, config, scale_name)
@@ -411,7 +437,10 @@ def gptq(
         :func:`dequantize_gptq` applies it. loss is the published code's error sum.
     """
     weight_dtype, scale_name = _quantize_dtypes(weights, scale_dtype, convention)
-    config = QuantConfig(int(bits), int(group_size), bool(symmetric), convention)
+    config = QuantConfig(bits, group_size, symmetric, convention)
+    damp_percent = _checks.real(damp_percent, "damp_percent")
+    if not damp_percent >= 0 or not np.isfinite(damp_percent):  # NaN fails both comparisons
+        raise ValueError(f"damp_percent = {damp_percent} is invalid (expected a finite value >= 0)")
     qweight, scales, zeros, g_idx, loss = _nibble.gptq(
         _bits16(weights),
         weight_dtype,
@@ -421,24 +450,43 @@ def gptq(
         config.symmetric,
         convention,
         scale_name,
-        float(damp_percent),
-        int(block_size),
-        bool(act_order),
-        bool(static_groups),
-        bool(fp64),
-        int(num_threads),
+        damp_percent,
+        _checks.integer(block_size, "block_size", **_POSITIVE_INT32),
+        _checks.flag(act_order, "act_order"),
+        _checks.flag(static_groups, "static_groups"),
+        _checks.flag(fp64, "fp64"),
+        _checks.integer(num_threads, "num_threads", **_THREADS),
     )
     tensor = QuantTensor._from_arrays((qweight, scales, zeros), weights.shape, config, scale_name)
     return tensor, g_idx, float(loss)
 
 
+def _check_g_idx(g_idx: Any, shape: Tuple[int, ...], n_groups: int) -> None:
+    """g_idx int32 ``[K]`` (shared) or ``[leading..., K]`` (one per leading index), each entry a
+    group of the tensor."""
+    _check_array(g_idx, "g_idx", _INT32)
+    shared, own = shape[-1:], shape[:-2] + shape[-1:]
+    if g_idx.shape != shared and (len(shape) < 3 or g_idx.shape != own):
+        expected = f"{shared}" if len(shape) < 3 else f"{shared} or {own}"
+        raise ValueError(f"g_idx has shape {g_idx.shape} (expected {expected}: the group of each input column)")
+    bad = np.flatnonzero((g_idx < 0) | (g_idx >= n_groups))
+    if bad.size:
+        where = np.unravel_index(bad[0], g_idx.shape)
+        raise ValueError(
+            f"g_idx[{', '.join(str(int(i)) for i in where)}] = {int(g_idx[where])} "
+            f"(expected 0 <= group < n_groups = {n_groups})"
+        )
+
+
 def dequantize_gptq(tensor: QuantTensor, g_idx: Optional[np.ndarray]) -> np.ndarray:
     """The float32 weights of a GPTQ result: column j of leading index e uses group
     ``g_idx[e, j]`` (or ``j // group_size`` when g_idx is None)."""
+    _tensor(tensor)
     if g_idx is None:
         return tensor.dequantize().reshape(tensor.shape)
     shape, k = tensor.shape, tensor.shape[-1]
     bits, group = tensor.config.bits, tensor.config.group_size
+    _check_g_idx(g_idx, shape, tensor.n_groups)
     rows = int(np.prod(shape[:-1]))
     padded_k = k if group == PER_CHANNEL else -(-k // group) * group
     codes = unpack(np.ascontiguousarray(tensor.qweight.reshape(rows, -1)), bits, padded_k)[:, :k].astype(np.float32)
@@ -452,6 +500,13 @@ def dequantize_gptq(tensor: QuantTensor, g_idx: Optional[np.ndarray]) -> np.ndar
     row_index = np.arange(rows)[:, None]
     restored = (codes - zeros[row_index, groups]) * scales[row_index, groups]
     return restored.reshape(shape)
+
+
+def _solver(solver: Any, kquant_variant: Any) -> Tuple[str, str]:
+    """The (solver, k-quant variant) names AutoClip and AWQ search with."""
+    return _checks.choice(solver, "solver", ("rtn", "k_quant")), _checks.choice(
+        kquant_variant, "kquant_variant", KQUANT_VARIANTS
+    )
 
 
 def autoclip(
@@ -477,12 +532,16 @@ def autoclip(
     clip_range: ``"abs_max"`` (AWQ: [-r amax, r amax]) or ``"min_max"`` (Olive: min and max apart).
     """
     _check_array(weights, "weights", [np.dtype(np.float32)])
-    if clip_range not in ("abs_max", "min_max"):
-        raise ValueError(f"clip_range={clip_range!r} (expected 'abs_max' or 'min_max')")
+    config = QuantConfig(bits, group_size, symmetric, convention)
+    _checks.choice(clip_range, "clip_range", ("abs_max", "min_max"))
+    min_ratio = _checks.real(min_ratio, "min_ratio")
+    if not 0 < min_ratio <= 1:
+        raise ValueError(f"min_ratio = {min_ratio} is invalid (expected 0 < min_ratio <= 1)")
+    return_ratios = _checks.flag(return_ratios, "return_ratios")
     clipped, upper, lower = _nibble.autoclip(
-        weights, _calibration_list(calibration), int(bits), int(group_size), bool(symmetric),
-        convention, str(solver), str(kquant_variant), int(steps), float(min_ratio),
-        clip_range == "min_max", int(num_threads),
+        weights, _calibration_list(calibration), config.bits, config.group_size, config.symmetric,
+        convention, *_solver(solver, kquant_variant), _checks.integer(steps, "steps", **_POSITIVE_INT32),
+        min_ratio, clip_range == "min_max", _checks.integer(num_threads, "num_threads", **_THREADS),
     )
     return (clipped, upper, lower) if return_ratios else clipped
 
@@ -506,27 +565,29 @@ def awq(
     prequant_scaling_factor). scale and pre_quant_scale are ``[n_scales, K]``.
     """
     _check_array(weights, "weights", [np.dtype(np.float32)])
+    config = QuantConfig(bits, group_size, symmetric, convention)
     return _nibble.awq(
-        weights, _calibration_list(calibration), int(bits), int(group_size), bool(symmetric),
-        convention, str(solver), str(kquant_variant), int(grid), int(num_threads),
+        weights, _calibration_list(calibration), config.bits, config.group_size, config.symmetric,
+        convention, *_solver(solver, kquant_variant), _checks.integer(grid, "grid", **_POSITIVE_INT32),
+        _checks.integer(num_threads, "num_threads", **_THREADS),
     )
 
 
 def dequantize(tensor: QuantTensor) -> np.ndarray:
     """The float32 weights a :class:`QuantTensor` stands for, ``(q - z) * s`` per element."""
-    return tensor.dequantize()
+    return _tensor(tensor).dequantize()
 
 
 def pack(codes: np.ndarray, bits: int) -> np.ndarray:
     """uint8 codes ``[..., K]`` (each < 2^bits) -> uint8 ``[..., ceil(K * bits / 8)]``, low bits first."""
     _check_array(codes, "codes", [np.dtype(np.uint8)])
-    return _nibble.pack(codes, int(bits))
+    return _nibble.pack(codes, _checks.integer(bits, "bits", **_BITS))
 
 
 def unpack(packed: np.ndarray, bits: int, k: int) -> np.ndarray:
     """uint8 ``[..., ceil(k * bits / 8)]`` -> uint8 codes ``[..., k]``."""
     _check_array(packed, "packed", [np.dtype(np.uint8)])
-    return _nibble.unpack(packed, int(bits), int(k))
+    return _nibble.unpack(packed, _checks.integer(bits, "bits", **_BITS), _checks.integer(k, "k", minimum=1))
 
 
 # ---- kernels ------------------------------------------------------------------------------------
@@ -536,6 +597,7 @@ def gemm(x: np.ndarray, tensor: QuantTensor, bias: Optional[np.ndarray] = None) 
     """``Y = X @ dequant(W).T (+ bias)``: x float32 ``[..., K]`` -> float32 ``[..., N]``, where N is
     the product of the weights' leading dimensions. Runs the reference kernel (double accumulation)."""
     _check_array(x, "x", [np.dtype(np.float32)])
+    _tensor(tensor)
     if bias is not None:
         _check_array(bias, "bias", [np.dtype(np.float32)])
     return _nibble.gemm(x, tensor._ref, bias)
@@ -547,14 +609,25 @@ def moe_gemm(
     """Mixture of experts over weights ``[E, N, K]``: token t of x ``[T, K]`` (float32) is routed to
     the experts ``expert_ids[t, :]`` (int32 ``[T, top_k]``), weighted by ``gates[t, :]`` (float32,
     default 1): ``y[t] = sum_j gates[t, j] * x[t] @ dequant(W[expert_ids[t, j]]).T``, y ``[T, N]``."""
-    _check_array(x, "x", [np.dtype(np.float32)], min_rank=2)
-    _check_array(expert_ids, "expert_ids", [np.dtype(np.int32)], min_rank=2)
+    _check_array(x, "x", [np.dtype(np.float32)], rank=2, shape_hint="[T, K]")
+    _tensor(tensor)
+    if len(tensor.shape) != 3:  # [N, K] would be read as N experts of one output each
+        raise ValueError(
+            f"tensor has shape {tensor.shape}, rank {len(tensor.shape)} (expected rank 3 [E, N, K]: "
+            "one weight per expert; for one [N, K] weight use gemm)"
+        )
+    _check_array(expert_ids, "expert_ids", [np.dtype(np.int32)], rank=2, shape_hint="[T, top_k]")
     if gates is not None:
-        _check_array(gates, "gates", [np.dtype(np.float32)], min_rank=2)
+        _check_array(gates, "gates", [np.dtype(np.float32)], rank=2, shape_hint="[T, top_k]")
     return _nibble.moe_gemm(x, tensor._ref, expert_ids, gates)
 
 
 # ---- ONNX Runtime formats -----------------------------------------------------------------------
+
+
+def _accuracy_level(level: Any) -> Optional[int]:
+    """MatMulNBits' accuracy_level attribute: None / 0 (unset), 1 to 4."""
+    return _checks.optional_integer(level, "accuracy_level", choices=range(5), expected="0 to 4; 0 or None: unset")
 
 
 def _tensor_proto(name: str, array: np.ndarray, data_type: Optional[int] = None, dims=None):
@@ -609,6 +682,7 @@ class MatMulNBits:
             inputs.append(initializers[2].name)
         if bias_name is not None:
             inputs += [""] * (5 - len(inputs)) + [bias_name]  # inputs 3 (zero_points), 4 (g_idx), 5
+        accuracy_level = _accuracy_level(accuracy_level)
         attributes = dict(self.attributes)
         if accuracy_level:
             attributes["accuracy_level"] = accuracy_level
@@ -623,7 +697,7 @@ def to_matmul_nbits(tensor: QuantTensor) -> MatMulNBits:
     """The MatMulNBits inputs of a weight ``[N, K]`` (rank 2; take expert e of [E, N, K] as
     ``tensor[e]``). Zero-copy. Raises ValueError when the op cannot express the tensor (block
     size not a power of two >= 16)."""
-    info = _nibble.matmul_nbits(tensor._ref)
+    info = _nibble.matmul_nbits(_tensor(tensor)._ref)
     zero_points = None
     if tensor.zeros is not None:
         zero_points = tensor.zeros.reshape(info["zero_points_shape"])
@@ -688,7 +762,8 @@ def to_gather_block_quantized(tensor: QuantTensor, data_type: str = "uint8") -> 
     INT4 when symmetric, UINT4 otherwise (byte for byte what its quantizer writes for the
     ``ort_gather`` convention).
     """
-    if data_type == "uint8":
+    _tensor(tensor)
+    if _checks.choice(data_type, "data_type", ("uint8", "int4", "uint4")) == "uint8":
         info = _nibble.gather_block_quantized(tensor._ref)
         zero_points = None if tensor.zeros is None else tensor.zeros.reshape(info["zero_points_shape"])
         return GatherBlockQuantized(
@@ -699,23 +774,21 @@ def to_gather_block_quantized(tensor: QuantTensor, data_type: str = "uint8") -> 
             data_type="uint8",
             shape=tensor.shape,
         )
-    if data_type in ("int4", "uint4"):
-        data, zero_points, signed, block_size = _nibble.gather_block_quantized_int4(tensor._ref)
-        actual = "int4" if signed else "uint4"
-        if data_type != actual:
-            raise ValueError(
-                f"data_type={data_type!r} but this tensor is {'symmetric' if signed else 'asymmetric'}: "
-                f"ONNX Runtime stores it as {actual}"
-            )
-        return GatherBlockQuantized(
-            data=data,
-            scales=tensor.scales,
-            zero_points=zero_points,
-            attributes={"gather_axis": 0, "quantize_axis": len(tensor.shape) - 1, "block_size": block_size},
-            data_type=actual,
-            shape=tensor.shape,
+    data, zero_points, signed, block_size = _nibble.gather_block_quantized_int4(tensor._ref)
+    actual = "int4" if signed else "uint4"
+    if data_type != actual:
+        raise ValueError(
+            f"data_type={data_type!r} but this tensor is {'symmetric' if signed else 'asymmetric'}: "
+            f"ONNX Runtime stores it as {actual}"
         )
-    raise ValueError(f"data_type={data_type!r} (expected 'uint8', 'int4' or 'uint4')")
+    return GatherBlockQuantized(
+        data=data,
+        scales=tensor.scales,
+        zero_points=zero_points,
+        attributes={"gather_axis": 0, "quantize_axis": len(tensor.shape) - 1, "block_size": block_size},
+        data_type=actual,
+        shape=tensor.shape,
+    )
 
 
 @dataclasses.dataclass
@@ -766,14 +839,13 @@ class TiedEmbeddings:
         Needs the ``onnx`` package."""
         import onnx
 
+        accuracy_level = _accuracy_level(accuracy_level)
         attributes = self.lm_head.attributes
         bits, block_size = attributes["bits"], attributes["block_size"]
-        if naming == "rtn":
+        if _checks.choice(naming, "naming", ("rtn", "default")) == "rtn":
             b_name, scales_name, zp_name = f"{name}_Q{bits}G{block_size}", f"{name}_scale", f"{name}_zp"
-        elif naming == "default":
-            b_name, scales_name, zp_name = f"{name}_Q{bits}", f"{name}_scales", f"{name}_zero_points"
         else:
-            raise ValueError(f"naming={naming!r} (expected 'rtn' or 'default')")
+            b_name, scales_name, zp_name = f"{name}_Q{bits}", f"{name}_scales", f"{name}_zero_points"
         initializers = [_tensor_proto(b_name, self.lm_head.B), _tensor_proto(scales_name, self.lm_head.scales)]
         lm_inputs = [hidden_states, b_name, scales_name]
         if self.lm_head.zero_points is not None:
@@ -826,7 +898,7 @@ def to_tied_embeddings(tensor: QuantTensor, allow_copy: bool = True) -> TiedEmbe
     multiple of the block size) and raises ValueError saying why otherwise. Raises ValueError for
     what neither op can express (block size not a power of two >= 16, rank != 2, 2 bits with
     hidden % 4 != 0)."""
-    info = _nibble.tied_embedding(tensor._ref, bool(allow_copy))
+    info = _nibble.tied_embedding(_tensor(tensor)._ref, _checks.flag(allow_copy, "allow_copy"))
     lm, gathered = info["lm_head"], info["embedding"]
     lm_head = MatMulNBits(
         B=tensor.qweight.reshape(lm["B_shape"]),
@@ -916,15 +988,37 @@ class AwqCheckpoint:
         return int(self.qweight.shape[1]) * 8
 
 
-def _check_import(checkpoint, symmetry: str, convention: str) -> str:
-    """The scale dtype name of a checkpoint to import; checks its arrays' types and the options."""
+_GPTQ = "a nibble.GptqCheckpoint (from nibble.to_gptq, or GptqCheckpoint(qweight, qzeros, scales, ...))"
+_AWQ = "a nibble.AwqCheckpoint (from nibble.to_awq, or AwqCheckpoint(qweight, qzeros, scales, ...))"
+_FUSABLE = "a nibble.QuantTensor, GptqCheckpoint or AwqCheckpoint"
+
+
+def _checkpoint_fields(checkpoint) -> tuple:
+    """A GPTQ / AWQ checkpoint's arrays and layout as the C++ core takes them, every field checked
+    (the dataclasses are mutable: fields are checked where they are used, not at construction).
+    GPTQ: (qweight, qzeros, scales, g_idx, K, N, bits, group_size, zero_format, sym, desc_act);
+    AWQ: (qweight, qzeros, scales, K, N, group_size); fp16 / bf16 scales as uint16 bit patterns."""
     _check_array(checkpoint.qweight, "qweight", _INT32, min_rank=2)
     _check_array(checkpoint.qzeros, "qzeros", _INT32)
     _check_array(checkpoint.scales, "scales", list(_FLOAT_DTYPES))
-    if symmetry not in SYMMETRIES:
-        raise ValueError(f"symmetry={symmetry!r} (expected one of {', '.join(SYMMETRIES)})")
+    group_size = _group_size(checkpoint.group_size)
+    scales = _bits16(checkpoint.scales)
+    if isinstance(checkpoint, GptqCheckpoint):
+        bits = _checks.integer(checkpoint.bits, "bits", **_BITS)  # before in_features, which uses it
+        if checkpoint.g_idx is not None:
+            _check_array(checkpoint.g_idx, "g_idx", _INT32)
+        return (
+            checkpoint.qweight, checkpoint.qzeros, scales, checkpoint.g_idx, checkpoint.in_features,
+            checkpoint.out_features, bits, group_size,
+            _checks.choice(checkpoint.zero_format, "zero_format", GPTQ_ZERO_FORMATS),
+            _checks.flag(checkpoint.sym, "sym"), _checks.flag(checkpoint.desc_act, "desc_act"),
+        )
+    return checkpoint.qweight, checkpoint.qzeros, scales, checkpoint.in_features, checkpoint.out_features, group_size
+
+
+def _check_import(symmetry: Any, convention: Any) -> None:
+    _checks.choice(symmetry, "symmetry", SYMMETRIES)
     _check_convention(convention)
-    return _FLOAT_DTYPES[checkpoint.scales.dtype]
 
 
 def _checkpoint_scales(scales: np.ndarray, scale_dtype: str) -> np.ndarray:
@@ -938,27 +1032,27 @@ def to_gptq(tensor: QuantTensor, zero_format: str = "v1", g_idx: Optional[np.nda
     for act-order; default trivial. Needs K and N multiples of 32 / bits and K of the group size.
     ``zero_format="v1"`` cannot store zero point 0 (GPTQ gives it to groups without negative
     weights): export GPTQ results as ``"v2"``."""
+    _tensor(tensor)
+    _checks.choice(zero_format, "zero_format", GPTQ_ZERO_FORMATS)
     if g_idx is not None:
-        _check_array(g_idx, "g_idx", _INT32)
-    qweight, qzeros, scales, full_g_idx, sym, desc_act = _nibble.to_gptq(tensor._ref, str(zero_format), g_idx)
+        _check_array(g_idx, "g_idx", _INT32, rank=1, shape_hint="[K]")
+    qweight, qzeros, scales, full_g_idx, sym, desc_act = _nibble.to_gptq(tensor._ref, zero_format, g_idx)
     return GptqCheckpoint(
         qweight=qweight, qzeros=qzeros, scales=_checkpoint_scales(scales, _FLOAT_DTYPES[tensor.scales.dtype]),
-        g_idx=full_g_idx, bits=tensor.bits, group_size=tensor.config.group_size, zero_format=str(zero_format),
+        g_idx=full_g_idx, bits=tensor.bits, group_size=tensor.config.group_size, zero_format=zero_format,
         sym=bool(sym), desc_act=bool(desc_act),
     )
 
 
 def _from_gptq(checkpoint: GptqCheckpoint, symmetry: str, convention: str, permuted: bool):
-    scale_dtype = _check_import(checkpoint, symmetry, convention)
-    if checkpoint.g_idx is not None:
-        _check_array(checkpoint.g_idx, "g_idx", _INT32)
-    result = _nibble.from_gptq(
-        checkpoint.qweight, checkpoint.qzeros, _bits16(checkpoint.scales), checkpoint.g_idx, scale_dtype,
-        checkpoint.in_features, checkpoint.out_features, int(checkpoint.bits), int(checkpoint.group_size),
-        str(checkpoint.zero_format), symmetry, convention, permuted,
-    )
-    config = QuantConfig(int(checkpoint.bits), int(checkpoint.group_size), result[2] is None, convention)
-    shape = (checkpoint.out_features, checkpoint.in_features)
+    _checks.instance(checkpoint, "checkpoint", (GptqCheckpoint,), _GPTQ)
+    _check_import(symmetry, convention)
+    fields = _checkpoint_fields(checkpoint)
+    scale_dtype = _FLOAT_DTYPES[checkpoint.scales.dtype]
+    result = _nibble.from_gptq(*fields[:4], scale_dtype, *fields[4:9], symmetry, convention, permuted)
+    in_features, out_features, bits, group_size = fields[4:8]
+    config = QuantConfig(bits, group_size, result[2] is None, convention)
+    shape = (out_features, in_features)
     return QuantTensor._from_arrays(result[:3], shape, config, scale_dtype), result[3:]
 
 
@@ -982,7 +1076,7 @@ def from_gptq_permuted(
 def to_awq(tensor: QuantTensor) -> AwqCheckpoint:
     """A canonical 4-bit ``[N, K]`` tensor as AWQ GEMM checkpoint tensors (N % 8 == 0, K % group
     size == 0). Symmetric tensors export zero points 8."""
-    qweight, qzeros, scales = _nibble.to_awq(tensor._ref)
+    qweight, qzeros, scales = _nibble.to_awq(_tensor(tensor)._ref)
     return AwqCheckpoint(
         qweight=qweight, qzeros=qzeros, scales=_checkpoint_scales(scales, _FLOAT_DTYPES[tensor.scales.dtype]),
         group_size=tensor.config.group_size,
@@ -992,13 +1086,14 @@ def to_awq(tensor: QuantTensor) -> AwqCheckpoint:
 def from_awq(checkpoint: AwqCheckpoint, symmetry: str = "asymmetric", convention: str = "olive") -> QuantTensor:
     """AWQ GEMM checkpoint tensors as a canonical 4-bit ``[N, K]`` tensor (AWQ is asymmetric by
     definition; ``symmetry="detect"`` makes it symmetric when every zero point is 8)."""
-    scale_dtype = _check_import(checkpoint, symmetry, convention)
-    arrays = _nibble.from_awq(
-        checkpoint.qweight, checkpoint.qzeros, _bits16(checkpoint.scales), scale_dtype, checkpoint.in_features,
-        checkpoint.out_features, int(checkpoint.group_size), symmetry, convention,
-    )
-    config = QuantConfig(4, int(checkpoint.group_size), arrays[2] is None, convention)
-    return QuantTensor._from_arrays(arrays, (checkpoint.out_features, checkpoint.in_features), config, scale_dtype)
+    _checks.instance(checkpoint, "checkpoint", (AwqCheckpoint,), _AWQ)
+    _check_import(symmetry, convention)
+    fields = _checkpoint_fields(checkpoint)
+    scale_dtype = _FLOAT_DTYPES[checkpoint.scales.dtype]
+    arrays = _nibble.from_awq(*fields[:3], scale_dtype, *fields[3:], symmetry, convention)
+    in_features, out_features, group_size = fields[3:]
+    config = QuantConfig(4, group_size, arrays[2] is None, convention)
+    return QuantTensor._from_arrays(arrays, (out_features, in_features), config, scale_dtype)
 
 
 # ---- TensorRT-LLM / ModelOpt, FP8 -----------------------------------------------------------------
@@ -1009,7 +1104,7 @@ def to_modelopt(tensor: QuantTensor) -> Tuple[np.ndarray, np.ndarray]:
     tensors for TensorRT-LLM: ``(weight uint8 [..., N/2, K], weights_scaling_factor float32
     [..., N, K/G])``; ``weight`` packs the signed codes ``q = code - 8`` of outputs 2i (low
     nibble) and 2i+1 (high nibble), and ``w = q * weights_scaling_factor``."""
-    weight, scales = _nibble.to_modelopt(tensor._ref)
+    weight, scales = _nibble.to_modelopt(_tensor(tensor)._ref)
     return weight, scales
 
 
@@ -1017,13 +1112,13 @@ def fp8_e4m3_encode(x: np.ndarray, saturate: bool = True) -> np.ndarray:
     """float32 -> FP8 e4m3fn bit patterns (uint8), round to nearest even. Overflow saturates to
     +-448 (TensorRT-LLM, CUDA ``__NV_SATFINITE``) or, with ``saturate=False``, gives NaN like
     ``ml_dtypes.float8_e4m3fn`` casts. View the result with ``.view(ml_dtypes.float8_e4m3fn)``."""
-    x = _check_array(x, "x", [np.dtype(np.float32)], min_rank=0)
-    return _nibble.fp8_e4m3_encode(x, bool(saturate))
+    x = _check_array(x, "x", [np.dtype(np.float32)], min_rank=0, allow_empty=True)
+    return _nibble.fp8_e4m3_encode(x, _checks.flag(saturate, "saturate"))
 
 
 def fp8_e4m3_decode(codes: np.ndarray) -> np.ndarray:
     """FP8 e4m3fn bit patterns (uint8) -> float32, exactly."""
-    codes = _check_array(codes, "codes", [np.dtype(np.uint8)], min_rank=0)
+    codes = _check_array(codes, "codes", [np.dtype(np.uint8)], min_rank=0, allow_empty=True)
     return _nibble.fp8_e4m3_decode(codes)
 
 
@@ -1049,12 +1144,11 @@ def _gguf_type(qtype: Union[str, int]) -> GgufType:
         for name, info in GGUF_TYPES.items():
             if name.lower() == qtype.lower():
                 return info
-    elif isinstance(qtype, (int, np.integer)):
-        for info in GGUF_TYPES.values():
-            if info.type_id == int(qtype):
-                return info
     else:
-        raise TypeError(f"qtype must be a type name or a ggml type id, got {type(qtype).__name__}")
+        type_id = _checks.integer(qtype, "qtype", expected="a ggml type id")  # gguf-py's enum members too
+        for info in GGUF_TYPES.values():
+            if info.type_id == type_id:
+                return info
     known = ", ".join(f"{info.name} ({info.type_id})" for info in GGUF_TYPES.values())
     raise ValueError(f"ggml type {qtype!r} is not implemented (expected one of {known})")
 
@@ -1081,23 +1175,6 @@ def gguf_dequantize(blocks: np.ndarray, qtype: Union[str, int]) -> np.ndarray:
 _Fusable = Union[QuantTensor, GptqCheckpoint, AwqCheckpoint]
 
 
-def _checkpoint_fields(checkpoint) -> tuple:
-    """A GPTQ / AWQ checkpoint's arrays and layout as the C++ core takes them (arrays checked)."""
-    _check_import(checkpoint, "detect", "olive")
-    if isinstance(checkpoint, GptqCheckpoint):
-        if checkpoint.g_idx is not None:
-            _check_array(checkpoint.g_idx, "g_idx", _INT32)
-        return (
-            checkpoint.qweight, checkpoint.qzeros, _bits16(checkpoint.scales), checkpoint.g_idx,
-            checkpoint.in_features, checkpoint.out_features, int(checkpoint.bits), int(checkpoint.group_size),
-            str(checkpoint.zero_format), bool(checkpoint.sym), bool(checkpoint.desc_act),
-        )
-    return (
-        checkpoint.qweight, checkpoint.qzeros, _bits16(checkpoint.scales), checkpoint.in_features,
-        checkpoint.out_features, int(checkpoint.group_size),
-    )
-
-
 def _checkpoint_like(template, arrays: tuple):
     """A checkpoint of `template`'s kind and format over arrays from the C++ core."""
     scale_dtype = _FLOAT_DTYPES[template.scales.dtype]
@@ -1122,15 +1199,20 @@ def fused_merge(parts: Sequence[_Fusable]) -> _Fusable:
 
     The parts must agree on K, bits, group size, symmetry / zero format, convention and scale
     dtype (ValueError naming the part and the field otherwise)."""
+    if not isinstance(parts, (list, tuple)):
+        raise TypeError(
+            f"parts must be a list or tuple of nibble.QuantTensor, GptqCheckpoint or AwqCheckpoint, "
+            f"got {_checks.type_name(parts)}"
+        )
     parts = list(parts)
     if not parts:
         raise ValueError("fused_merge: no parts (expected at least one)")
-    kind = type(parts[0])
-    if kind not in (QuantTensor, GptqCheckpoint, AwqCheckpoint):
-        raise TypeError(f"part 0 is a {kind.__name__} (expected a QuantTensor, GptqCheckpoint or AwqCheckpoint)")
+    kind = type(_checks.instance(parts[0], "part 0", (QuantTensor, GptqCheckpoint, AwqCheckpoint), _FUSABLE))
     for index, part in enumerate(parts):
         if type(part) is not kind:
-            raise TypeError(f"part {index} is a {type(part).__name__} (expected a {kind.__name__}, as part 0)")
+            raise TypeError(
+                f"part {index} is a {_checks.type_name(part)} (expected a nibble.{kind.__name__}, as part 0)"
+            )
     first = parts[0]
     scale_dtype = _FLOAT_DTYPES.get(first.scales.dtype, "float32")
     if kind is QuantTensor:
@@ -1150,15 +1232,14 @@ def fused_split(fused: _Fusable, counts: Sequence[int]) -> List[_Fusable]:
     to N; for checkpoints multiples of the int32 word's outputs), byte copies: ``fused_split(
     fused_merge(parts), [each part's N])`` gives the parts back bit for bit. GPTQ parts keep the
     fused g_idx, sym and desc_act."""
-    counts = [int(count) for count in counts]
+    _checks.instance(fused, "fused", (QuantTensor, GptqCheckpoint, AwqCheckpoint), _FUSABLE)
+    counts = _checks.integers(counts, "counts", minimum=1)
     if isinstance(fused, QuantTensor):
         scale_dtype = _FLOAT_DTYPES[fused.scales.dtype]
         return [
             QuantTensor._from_arrays(arrays, (count,) + fused.shape[1:], fused.config, scale_dtype)
             for arrays, count in zip(_nibble.fused_split(fused._ref, counts), counts)
         ]
-    if not isinstance(fused, (GptqCheckpoint, AwqCheckpoint)):
-        raise TypeError(f"fused is a {type(fused).__name__} (expected a QuantTensor, GptqCheckpoint or AwqCheckpoint)")
     fields = _checkpoint_fields(fused)
     scale_dtype = _FLOAT_DTYPES[fused.scales.dtype]
     kind = "gptq" if isinstance(fused, GptqCheckpoint) else "awq"

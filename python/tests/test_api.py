@@ -127,7 +127,7 @@ def test_bad_inputs_get_clear_errors(rng):
         nibble.quantize(w, bits=3)
     with pytest.raises(ValueError, match="group_size = 0 is invalid"):
         nibble.quantize(w, group_size=0)
-    with pytest.raises(ValueError, match="dimension 1 is 0"):
+    with pytest.raises(ValueError, match=r"weights has shape \(4, 0\): empty"):
         nibble.quantize(np.zeros((4, 0), np.float32))
     with pytest.raises(ValueError, match="convention 'awq'"):
         nibble.quantize(w, convention="awq")

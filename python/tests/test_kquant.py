@@ -319,7 +319,7 @@ def test_bad_input_is_refused(rng):
         nibble.kquant(weight, 4, 32, importance=np.ones(63, np.float32))
     with pytest.raises(ValueError, match="expected a finite value >= 0"):
         nibble.kquant(weight, 4, 32, importance=-np.ones(64, np.float32))
-    with pytest.raises(ValueError, match="not known"):
+    with pytest.raises(ValueError, match="variant 'gguf' is unknown"):
         nibble.kquant(weight, 4, 32, variant="gguf")
     with pytest.raises(ValueError, match="not supported"):
         nibble.kquant(weight, 3, 32)
