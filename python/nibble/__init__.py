@@ -9,7 +9,7 @@ layout, which *is* ONNX Runtime's MatMulNBits / GatherBlockQuantized layout::
     w = np.random.randn(768, 3072).astype(np.float32)            # [N, K]; [E, N, K] works too
     qt = nibble.quantize(w, bits=4, group_size=32, convention="ort")
     w_hat = nibble.dequantize(qt)                                # float32 [N, K]
-    y = nibble.gemm(x, qt)                                       # x [M, K] float32 -> [M, N]
+    y = nibble.gemm(x, qt)                                       # x [M, K] -> [M, N], SIMD kernels
     node = nibble.to_matmul_nbits(qt)                            # B, scales, zero_points: views
 
 Conventions name the RTN variant of each tool (``CONVENTIONS``): ``"olive"`` (default, Olive's
@@ -78,6 +78,8 @@ __all__ = [
     "unpack",
     "gemm",
     "moe_gemm",
+    "gemm_isa",
+    "ACTIVATIONS",
     "to_matmul_nbits",
     "to_gather_block_quantized",
     "TiedEmbeddings",
@@ -593,23 +595,73 @@ def unpack(packed: np.ndarray, bits: int, k: int) -> np.ndarray:
 # ---- kernels ------------------------------------------------------------------------------------
 
 
-def gemm(x: np.ndarray, tensor: QuantTensor, bias: Optional[np.ndarray] = None) -> np.ndarray:
-    """``Y = X @ dequant(W).T (+ bias)``: x float32 ``[..., K]`` -> float32 ``[..., N]``, where N is
-    the product of the weights' leading dimensions. Runs the reference kernel (double accumulation)."""
-    _check_array(x, "x", [np.dtype(np.float32)])
+#: What ``activations=`` of :func:`gemm` / :func:`moe_gemm` takes: ``"fp32"`` (products in float)
+#: or ``"int8"`` (each row of x quantized per block to int8, integer dot products: ONNX Runtime's
+#: accuracy_level 4, llama.cpp's Q8 activations), as ``GemmOptions::activations`` in C++.
+ACTIVATIONS: Tuple[str, ...] = ("fp32", "int8")
+
+
+def _gemm_arguments(x, bias_or_gates, activations, num_threads, reference, *, rank=None, hint=""):
+    """(x's dtype name, activations, threads, reference) of a gemm call, every argument checked."""
+    _check_array(x, "x", list(_FLOAT_DTYPES), min_rank=1, rank=rank, shape_hint=hint)
+    activations = _checks.choice(activations, "activations", ACTIVATIONS)
+    num_threads = _checks.integer(num_threads, "num_threads", **_THREADS)
+    reference = _checks.flag(reference, "reference")
+    if reference and (x.dtype != np.float32 or activations != "fp32"):
+        raise ValueError(
+            f"reference=True runs the fp32 reference kernel (double accumulation): x must be float32 and "
+            f"activations 'fp32' (got x {x.dtype}, activations {activations!r})"
+        )
+    return _FLOAT_DTYPES[x.dtype], activations, num_threads, reference
+
+
+def gemm(
+    x: np.ndarray,
+    tensor: QuantTensor,
+    bias: Optional[np.ndarray] = None,
+    *,
+    activations: str = "fp32",
+    num_threads: int = 0,
+    reference: bool = False,
+) -> np.ndarray:
+    """``Y = X @ dequant(W).T (+ bias)``: x ``[..., K]`` -> ``[..., N]``, where N is the product of
+    the weights' leading dimensions.
+
+    x is float32, float16 or bfloat16; bias (``[N]``) and the result have x's dtype. Runs nibble's
+    SIMD kernels on the best ISA this CPU has (:func:`gemm_isa` says which; ``NIBBLE_ISA`` picks
+    another), threaded over N (``num_threads``, 0: OpenMP's default), without the GIL.
+    ``activations``: see :data:`ACTIVATIONS`. ``reference=True`` runs the scalar reference kernel
+    instead (float32 x, fp32 activations; double accumulation): the truth the fast kernels are
+    tested against."""
+    dtype, activations, num_threads, reference = _gemm_arguments(x, bias, activations, num_threads, reference)
     _tensor(tensor)
     if bias is not None:
-        _check_array(bias, "bias", [np.dtype(np.float32)])
-    return _nibble.gemm(x, tensor._ref, bias)
+        _check_array(bias, "bias", [x.dtype])
+    return _view_activations(
+        _nibble.gemm(_bits16(x), dtype, tensor._ref, None if bias is None else _bits16(bias), activations,
+                     num_threads, reference),
+        dtype,
+    )
 
 
 def moe_gemm(
-    x: np.ndarray, tensor: QuantTensor, expert_ids: np.ndarray, gates: Optional[np.ndarray] = None
+    x: np.ndarray,
+    tensor: QuantTensor,
+    expert_ids: np.ndarray,
+    gates: Optional[np.ndarray] = None,
+    *,
+    activations: str = "fp32",
+    num_threads: int = 0,
+    reference: bool = False,
 ) -> np.ndarray:
-    """Mixture of experts over weights ``[E, N, K]``: token t of x ``[T, K]`` (float32) is routed to
-    the experts ``expert_ids[t, :]`` (int32 ``[T, top_k]``), weighted by ``gates[t, :]`` (float32,
-    default 1): ``y[t] = sum_j gates[t, j] * x[t] @ dequant(W[expert_ids[t, j]]).T``, y ``[T, N]``."""
-    _check_array(x, "x", [np.dtype(np.float32)], rank=2, shape_hint="[T, K]")
+    """Mixture of experts over weights ``[E, N, K]``: token t of x ``[T, K]`` is routed to the experts
+    ``expert_ids[t, :]`` (int32 ``[T, top_k]``), weighted by ``gates[t, :]`` (float32, default 1):
+    ``y[t] = sum_j gates[t, j] * x[t] @ dequant(W[expert_ids[t, j]]).T``, y ``[T, N]`` of x's dtype
+    (float32, float16 or bfloat16). ``activations``, ``num_threads`` and ``reference`` as in
+    :func:`gemm`."""
+    dtype, activations, num_threads, reference = _gemm_arguments(
+        x, gates, activations, num_threads, reference, rank=2, hint="[T, K]"
+    )
     _tensor(tensor)
     if len(tensor.shape) != 3:  # [N, K] would be read as N experts of one output each
         raise ValueError(
@@ -619,7 +671,21 @@ def moe_gemm(
     _check_array(expert_ids, "expert_ids", [np.dtype(np.int32)], rank=2, shape_hint="[T, top_k]")
     if gates is not None:
         _check_array(gates, "gates", [np.dtype(np.float32)], rank=2, shape_hint="[T, top_k]")
-    return _nibble.moe_gemm(x, tensor._ref, expert_ids, gates)
+    return _view_activations(
+        _nibble.moe_gemm(_bits16(x), dtype, tensor._ref, expert_ids, gates, activations, num_threads, reference),
+        dtype,
+    )
+
+
+def _view_activations(y: np.ndarray, dtype: str) -> np.ndarray:
+    """A kernel's output (fp16 / bf16 as uint16 bit patterns) as its dtype."""
+    return y if dtype == "float32" else y.view(_NUMPY_DTYPE[dtype])
+
+
+def gemm_isa(tensor: QuantTensor, activations: str = "fp32") -> str:
+    """The ISA whose kernels :func:`gemm` runs for `tensor` (``"avx512vnni"``, ``"avx2"``, ... or the
+    portable xsimd architecture's name, e.g. ``"sse2"``): what a measured time came from."""
+    return _nibble.gemm_isa(_tensor(tensor)._ref, _checks.choice(activations, "activations", ACTIVATIONS))
 
 
 # ---- ONNX Runtime formats -----------------------------------------------------------------------

@@ -134,7 +134,7 @@ def array(
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type_name(value)}")
     if value.dtype not in dtypes:
-        raise TypeError(f"{name} has dtype {value.dtype} (expected {_listing([str(dtype) for dtype in dtypes])})")
+        raise TypeError(f"{name} has dtype {value.dtype} (expected {_listing(dtypes)})")
     hint = f" {shape_hint}" if shape_hint else ""
     if rank is not None and value.ndim != rank:
         raise ValueError(f"{name} has shape {value.shape}, rank {value.ndim} (expected rank {rank}{hint})")

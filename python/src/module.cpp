@@ -453,47 +453,118 @@ nibble::TensorView<const float> float_view(const InArray& array, const char* wha
                                          shape_of(array, what), what);
 }
 
-nb::ndarray<nb::numpy, float> gemm(const InArray& x, const TensorRef& tensor,
-                                   const std::optional<InArray>& bias) {
-  const nibble::TensorView<const float> x_view = float_view(x, "x");
-  return tensor.visit([&](const auto& view) {
-    const nibble::Shape y_shape = x_view.shape().with_last(view.rows());
-    std::vector<float> y(static_cast<std::size_t>(y_shape.numel()));
-    const nibble::TensorView<float> y_view(y.data(), y_shape, "y");
-    if (bias) {
-      const nibble::TensorView<const float> bias_view = float_view(*bias, "bias");
-      nb::gil_scoped_release no_gil;
-      nibble::gemm_ref(view, x_view, y_view, bias_view);
-    } else {
-      nb::gil_scoped_release no_gil;
-      nibble::gemm_ref(view, x_view, y_view);
-    }
-    return owned_array<float>(std::move(y), y_shape.dims());
+// ---- gemm / moe_gemm: the dispatched kernels (nibble::gemm), or the reference (gemm_ref) ----------
+
+// x, bias and y share one dtype: "float32", or "float16" / "bfloat16" as uint16 bit patterns.
+template <class ActT>
+nibble::TensorView<const ActT> activation_view(const InArray& array, const char* what) {
+  check_scale_array<ActT>(array, what);
+  return nibble::TensorView<const ActT>(static_cast<const ActT*>(array.data()),
+                                        shape_of(array, what), what);
+}
+
+nibble::GemmOptions gemm_options(const std::string& activations, int num_threads) {
+  nibble::GemmOptions options;
+  options.num_threads = num_threads;
+  if (activations == "int8") {
+    options.activations = nibble::ActivationPrecision::int8;
+  } else if (activations != "fp32") {
+    nibble::detail::fail(ErrorCode::invalid_argument, "activations \"", activations,
+                         "\" is not supported (expected \"fp32\" or \"int8\")");
+  }
+  return options;
+}
+
+template <class ActT, class Stored = std::conditional_t<std::is_same_v<ActT, float>, float, uint16_t>>
+nb::object activation_array(std::vector<ActT>&& values, const std::vector<int64_t>& dims) {
+  return nb::cast(owned_array<Stored>(std::move(values), dims));
+}
+
+// reference: gemm_ref (float32 x, double accumulation, no options); otherwise nibble::gemm on the
+// ISA the dispatcher picks. The GIL is released around either.
+nb::object gemm(const InArray& x, const std::string& dtype, const TensorRef& tensor,
+                const std::optional<InArray>& bias, const std::string& activations,
+                int num_threads, bool reference) {
+  const nibble::GemmOptions options = gemm_options(activations, num_threads);
+  return with_scale_type(dtype, [&](auto act_tag) {
+    using ActT = decltype(act_tag);
+    const nibble::TensorView<const ActT> x_view = activation_view<ActT>(x, "x");
+    std::optional<nibble::TensorView<const ActT>> bias_view;
+    if (bias) bias_view = activation_view<ActT>(*bias, "bias");
+    return tensor.visit([&](const auto& view) {
+      const nibble::Shape y_shape = x_view.shape().with_last(view.rows());
+      std::vector<ActT> y(static_cast<std::size_t>(y_shape.numel()));
+      const nibble::TensorView<ActT> y_view(y.data(), y_shape, "y");
+      {
+        nb::gil_scoped_release no_gil;
+        if constexpr (std::is_same_v<ActT, float>) {
+          if (reference) {
+            if (bias_view) {
+              nibble::gemm_ref(view, x_view, y_view, *bias_view);
+            } else {
+              nibble::gemm_ref(view, x_view, y_view);
+            }
+          }
+        }
+        if (!reference) {
+          if (bias_view) {
+            nibble::gemm(view, x_view, y_view, *bias_view, options);
+          } else {
+            nibble::gemm(view, x_view, y_view, options);
+          }
+        }
+      }
+      return activation_array<ActT>(std::move(y), y_shape.dims());
+    });
   });
 }
 
-nb::ndarray<nb::numpy, float> moe_gemm(const InArray& x, const TensorRef& tensor,
-                                       const InArray& expert_ids,
-                                       const std::optional<InArray>& gates) {
-  const nibble::TensorView<const float> x_view = float_view(x, "x");
+nb::object moe_gemm(const InArray& x, const std::string& dtype, const TensorRef& tensor,
+                    const InArray& expert_ids, const std::optional<InArray>& gates,
+                    const std::string& activations, int num_threads, bool reference) {
+  const nibble::GemmOptions options = gemm_options(activations, num_threads);
   if (!has_dtype<int32_t>(expert_ids)) type_error("expert_ids", "int32");
   const nibble::TensorView<const int32_t> ids(static_cast<const int32_t*>(expert_ids.data()),
                                               shape_of(expert_ids, "expert_ids"), "expert_ids");
-  return tensor.visit([&](const auto& view) {
-    const int64_t n = view.rows() / view.shape()[0];
-    const nibble::Shape y_shape = x_view.shape().with_last(n);
-    std::vector<float> y(static_cast<std::size_t>(y_shape.numel()));
-    const nibble::TensorView<float> y_view(y.data(), y_shape, "y");
-    if (gates) {
-      const nibble::TensorView<const float> gate_view = float_view(*gates, "gates");
-      nb::gil_scoped_release no_gil;
-      nibble::moe_gemm_ref(view, x_view, ids, gate_view, y_view);
-    } else {
-      nb::gil_scoped_release no_gil;
-      nibble::moe_gemm_ref(view, x_view, ids, y_view);
-    }
-    return owned_array<float>(std::move(y), y_shape.dims());
+  std::optional<nibble::TensorView<const float>> gate_view;
+  if (gates) gate_view = activation_view<float>(*gates, "gates");
+  return with_scale_type(dtype, [&](auto act_tag) {
+    using ActT = decltype(act_tag);
+    const nibble::TensorView<const ActT> x_view = activation_view<ActT>(x, "x");
+    return tensor.visit([&](const auto& view) {
+      const int64_t n = view.rows() / view.shape()[0];
+      const nibble::Shape y_shape = x_view.shape().with_last(n);
+      std::vector<ActT> y(static_cast<std::size_t>(y_shape.numel()));
+      const nibble::TensorView<ActT> y_view(y.data(), y_shape, "y");
+      {
+        nb::gil_scoped_release no_gil;
+        if constexpr (std::is_same_v<ActT, float>) {
+          if (reference) {
+            if (gate_view) {
+              nibble::moe_gemm_ref(view, x_view, ids, *gate_view, y_view);
+            } else {
+              nibble::moe_gemm_ref(view, x_view, ids, y_view);
+            }
+          }
+        }
+        if (!reference) {
+          if (gate_view) {
+            nibble::moe_gemm(view, x_view, ids, *gate_view, y_view, options);
+          } else {
+            nibble::moe_gemm(view, x_view, ids, y_view, options);
+          }
+        }
+      }
+      return activation_array<ActT>(std::move(y), y_shape.dims());
+    });
   });
+}
+
+// The ISA whose kernels gemm runs for `tensor` ("avx512vnni", ..., or xsimd's portable
+// architecture name): what a measured number came from.
+std::string gemm_isa(const TensorRef& tensor, const std::string& activations) {
+  const nibble::GemmOptions options = gemm_options(activations, 0);
+  return tensor.visit([&](const auto& view) { return std::string(nibble::gemm_isa(view, options)); });
 }
 
 template <class F>
@@ -1035,9 +1106,15 @@ nb::dict build_info() {
   info["openmp"] = nb::none();
   info["openmp_max_threads"] = 1;
 #endif
-  // The CPU kernels compiled in: only the scalar reference kernels exist so far.
-  info["kernels"] = std::vector<std::string>{"reference (scalar)"};
-  // What this CPU offers (the SIMD kernels will dispatch on it at run time).
+  // The CPU kernel tables compiled in (each used only where the CPU has its ISA), and the
+  // reference kernels.
+  std::vector<std::string> kernels{"reference (scalar)"};
+  for (const nibble::Isa isa : {nibble::Isa::generic, nibble::Isa::avx2, nibble::Isa::avx512,
+                                nibble::Isa::avx512vnni, nibble::Isa::avx512bf16}) {
+    if (nibble::detail::compiled_kernels(isa) != nullptr) kernels.emplace_back(nibble::to_string(isa));
+  }
+  info["kernels"] = kernels;
+  // What this CPU offers (the dispatcher picks the best compiled table it supports at run time).
   std::vector<std::string> features;
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
   __builtin_cpu_init();
@@ -1094,8 +1171,11 @@ NB_MODULE(_nibble, m) {
         "convention"_a, "scale_dtype"_a, "num_threads"_a, "replace_non_finite"_a, "variant"_a,
         "importance"_a.none());
   m.def("dequantize", &dequantize, "tensor"_a);
-  m.def("gemm", &gemm, "x"_a, "tensor"_a, "bias"_a.none());
-  m.def("moe_gemm", &moe_gemm, "x"_a, "tensor"_a, "expert_ids"_a, "gates"_a.none());
+  m.def("gemm", &gemm, "x"_a, "dtype"_a, "tensor"_a, "bias"_a.none(), "activations"_a,
+        "num_threads"_a, "reference"_a);
+  m.def("moe_gemm", &moe_gemm, "x"_a, "dtype"_a, "tensor"_a, "expert_ids"_a, "gates"_a.none(),
+        "activations"_a, "num_threads"_a, "reference"_a);
+  m.def("gemm_isa", &gemm_isa, "tensor"_a, "activations"_a);
   m.def("pack", &pack, "codes"_a, "bits"_a);
   m.def("unpack", &unpack, "packed"_a, "bits"_a, "k"_a);
   m.def("layout", &layout, "tensor"_a);

@@ -49,6 +49,7 @@ ENTRIES = {
     "unpack": lambda **kw: nibble.unpack(**{"packed": np.ones((2, 3), np.uint8), "bits": 4, "k": 5, **kw}),
     "gemm": lambda **kw: nibble.gemm(**{"x": X, "tensor": QT, "bias": np.zeros(8, np.float32), **kw}),
     "moe_gemm": lambda **kw: nibble.moe_gemm(**{"x": X, "tensor": EXPERTS, "expert_ids": IDS, "gates": GATES, **kw}),
+    "gemm_isa": lambda **kw: nibble.gemm_isa(**{"tensor": QT, **kw}),
     "to_matmul_nbits": lambda **kw: nibble.to_matmul_nbits(**{"tensor": QT, **kw}),
     "to_gather_block_quantized": lambda **kw: nibble.to_gather_block_quantized(**{"tensor": TABLE, **kw}),
     "to_tied_embeddings": lambda **kw: nibble.to_tied_embeddings(**{"tensor": TABLE, **kw}),
@@ -81,7 +82,7 @@ def test_every_public_function_is_in_a_table():
     """A new entry point must join these tables (or be a constant, class or build_info)."""
     tested = {name.split("(")[0].split(".")[0] for name in ENTRIES}
     not_functions = {"CONVENTIONS", "PER_CHANNEL", "KQUANT_VARIANTS", "GPTQ_ZERO_FORMATS", "SYMMETRIES", "GGUF_TYPES",
-                     "GgufType", "MatMulNBits", "GatherBlockQuantized", "TiedEmbeddings", "build_info"}
+                     "ACTIVATIONS", "GgufType", "MatMulNBits", "GatherBlockQuantized", "TiedEmbeddings", "build_info"}
     assert set(nibble.__all__) - not_functions <= tested
 
 
@@ -120,6 +121,7 @@ INTEGER_PARAMS = [
     ("gptq", "bits"), ("gptq", "group_size"), ("gptq", "block_size"), ("gptq", "num_threads"),
     ("autoclip", "bits"), ("autoclip", "group_size"), ("autoclip", "steps"), ("autoclip", "num_threads"),
     ("awq", "bits"), ("awq", "group_size"), ("awq", "grid"), ("awq", "num_threads"),
+    ("gemm", "num_threads"), ("moe_gemm", "num_threads"),
     ("pack", "bits"), ("unpack", "bits"), ("unpack", "k"),
     ("QuantConfig", "bits"), ("QuantConfig", "group_size"),
     ("GptqCheckpoint", "bits"), ("GptqCheckpoint", "group_size"), ("AwqCheckpoint", "group_size"),
@@ -202,6 +204,7 @@ FLAG_PARAMS = [
     ("quantize", "symmetric"), ("kquant", "symmetric"),
     ("gptq", "symmetric"), ("gptq", "act_order"), ("gptq", "static_groups"), ("gptq", "fp64"),
     ("autoclip", "symmetric"), ("autoclip", "return_ratios"), ("awq", "symmetric"),
+    ("gemm", "reference"), ("moe_gemm", "reference"),
     ("fp8_e4m3_encode", "saturate"), ("to_tied_embeddings", "allow_copy"), ("QuantConfig", "symmetric"),
     ("fused_merge(GptqCheckpoint)", "sym"), ("fused_merge(GptqCheckpoint)", "desc_act"),
 ]
@@ -260,6 +263,7 @@ CHOICE_PARAMS = [  # (entry, param, one allowed value the message lists)
     ("from_awq", "symmetry", "symmetric"), ("from_awq", "convention", "ort_weight_only"),
     ("GptqCheckpoint", "zero_format", "v2"), ("QuantConfig", "convention", "ort"),
     ("TiedEmbeddings.make_nodes", "naming", "default"),
+    ("gemm", "activations", "int8"), ("moe_gemm", "activations", "fp32"), ("gemm_isa", "activations", "int8"),
 ]
 
 
@@ -287,7 +291,8 @@ def test_unknown_ggml_types_are_value_errors_listing_the_implemented_ones(entry)
 TENSOR_PARAMS = [
     ("dequantize", "tensor"), ("dequantize_gptq", "tensor"), ("gemm", "tensor"), ("moe_gemm", "tensor"),
     ("to_matmul_nbits", "tensor"), ("to_gather_block_quantized", "tensor"), ("to_tied_embeddings", "tensor"),
-    ("to_gptq", "tensor"), ("to_awq", "tensor"), ("to_modelopt", "tensor"), ("fused_split", "fused"),
+    ("to_gptq", "tensor"), ("to_awq", "tensor"), ("to_modelopt", "tensor"), ("gemm_isa", "tensor"),
+    ("fused_split", "fused"),
 ]
 NOT_TENSORS = {
     "ndarray": (np.zeros((8, 64), np.float32), "numpy.ndarray"),
@@ -414,7 +419,7 @@ ARRAY_PARAMS = [  # (entry, param, a valid array, a wrong dtype, elementwise: em
     ("dequantize_gptq", "g_idx", np.zeros(64, np.int32), I64, False),
     ("pack", "codes", np.ones((2, 5), np.uint8), np.dtype(np.int8), False),
     ("unpack", "packed", np.ones((2, 3), np.uint8), np.dtype(np.uint16), False),
-    ("gemm", "x", X, np.dtype(np.float16), False),
+    ("gemm", "x", X, F64, False),
     ("gemm", "bias", np.zeros(8, np.float32), F64, False),
     ("moe_gemm", "x", X, F64, False),
     ("moe_gemm", "expert_ids", IDS, I64, False),

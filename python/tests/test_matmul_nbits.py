@@ -155,7 +155,7 @@ def test_onnxruntime_runs_our_tensors(bits, symmetric, block_size, convention, r
             if bits == 2:
                 pytest.skip(f"onnxruntime {onnxruntime.__version__} cannot run 2-bit MatMulNBits: {error}")
             raise
-        y_ref = nibble.gemm(x, qt)
+        y_ref = nibble.gemm(x, qt, reference=True)
         assert np.all(np.abs(y_ort - y_ref) <= fp32_dot_tolerance(x, w_hat)), f"M={m}"
 
 
@@ -168,7 +168,7 @@ def test_onnxruntime_runs_fp16_scales_with_fp16_activations(rng):
     model = make_model([node], initializers, [("A", np.float16, ["M", k])], [("Y", np.float16, ["M", n])])
     x = rng.standard_normal((3, k)).astype(np.float16)
     (y_ort,) = run(model, {"A": x})
-    y_ref = nibble.gemm(x.astype(np.float32), qt)
+    y_ref = nibble.gemm(x.astype(np.float32), qt, reference=True)
     # fp16 output: one fp16 rounding of the result (2^-11 relative) on top of an fp16-accuracy
     # accumulation, bounded by 2^-10 * sum |x||w| (K terms of fp16-rounded products).
     w_hat = nibble.dequantize(qt).astype(np.float64)
@@ -190,7 +190,7 @@ def test_moe_experts_are_their_own_tensors_and_run_in_matmul_nbits(rng):
         node, initializers = nibble.to_matmul_nbits(expert).make_node("A", "Y", name=f"expert{e}")
         model = make_model([node], initializers, [("A", np.float32, [5, k])], [("Y", np.float32, [5, n])])
         (y_ort,) = run(model, {"A": x})
-        assert np.all(np.abs(y_ort - nibble.gemm(x, expert)) <= fp32_dot_tolerance(x, nibble.dequantize(expert)))
+        assert np.all(np.abs(y_ort - nibble.gemm(x, expert, reference=True)) <= fp32_dot_tolerance(x, nibble.dequantize(expert)))
     with pytest.raises(ValueError, match="expected \\[N, K\\]"):
         nibble.to_matmul_nbits(whole)
 
