@@ -601,7 +601,7 @@ def unpack(packed: np.ndarray, bits: int, k: int) -> np.ndarray:
 ACTIVATIONS: Tuple[str, ...] = ("fp32", "int8")
 
 
-def _gemm_arguments(x, bias_or_gates, activations, num_threads, reference, *, rank=None, hint=""):
+def _gemm_arguments(x, activations, num_threads, reference, *, rank=None, hint=""):
     """(x's dtype name, activations, threads, reference) of a gemm call, every argument checked."""
     _check_array(x, "x", list(_FLOAT_DTYPES), min_rank=1, rank=rank, shape_hint=hint)
     activations = _checks.choice(activations, "activations", ACTIVATIONS)
@@ -633,7 +633,7 @@ def gemm(
     ``activations``: see :data:`ACTIVATIONS`. ``reference=True`` runs the scalar reference kernel
     instead (float32 x, fp32 activations; double accumulation): the truth the fast kernels are
     tested against."""
-    dtype, activations, num_threads, reference = _gemm_arguments(x, bias, activations, num_threads, reference)
+    dtype, activations, num_threads, reference = _gemm_arguments(x, activations, num_threads, reference)
     _tensor(tensor)
     if bias is not None:
         _check_array(bias, "bias", [x.dtype])
@@ -660,7 +660,7 @@ def moe_gemm(
     (float32, float16 or bfloat16). ``activations``, ``num_threads`` and ``reference`` as in
     :func:`gemm`."""
     dtype, activations, num_threads, reference = _gemm_arguments(
-        x, gates, activations, num_threads, reference, rank=2, hint="[T, K]"
+        x, activations, num_threads, reference, rank=2, hint="[T, K]"
     )
     _tensor(tensor)
     if len(tensor.shape) != 3:  # [N, K] would be read as N experts of one output each

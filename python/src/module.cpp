@@ -480,23 +480,41 @@ nb::object activation_array(std::vector<ActT>&& values, const std::vector<int64_
   return nb::cast(owned_array<Stored>(std::move(values), dims));
 }
 
-// reference: gemm_ref (float32 x, double accumulation, no options); otherwise nibble::gemm on the
-// ISA the dispatcher picks. The GIL is released around either.
+// A new output of `y_shape`, filled by `kernel(y_view)` without the GIL, as a numpy array.
+template <class ActT, class Kernel>
+nb::object run_into_new_output(const nibble::Shape& y_shape, Kernel&& kernel) {
+  std::vector<ActT> y(static_cast<std::size_t>(y_shape.numel()));
+  const nibble::TensorView<ActT> y_view(y.data(), y_shape, "y");
+  {
+    nb::gil_scoped_release no_gil;
+    kernel(y_view);
+  }
+  return activation_array<ActT>(std::move(y), y_shape.dims());
+}
+
+// The reference kernels take float32 activations only (double accumulation, no options).
+template <class ActT>
+void check_reference_dtype(bool reference) {
+  if (reference && !std::is_same_v<ActT, float>) {
+    nibble::detail::fail(ErrorCode::invalid_argument,
+                         "reference=True runs the fp32 reference kernel: x must be float32");
+  }
+}
+
+// reference: gemm_ref; otherwise nibble::gemm on the ISA the dispatcher picks.
 nb::object gemm(const InArray& x, const std::string& dtype, const TensorRef& tensor,
                 const std::optional<InArray>& bias, const std::string& activations,
                 int num_threads, bool reference) {
   const nibble::GemmOptions options = gemm_options(activations, num_threads);
   return with_scale_type(dtype, [&](auto act_tag) {
     using ActT = decltype(act_tag);
+    check_reference_dtype<ActT>(reference);
     const nibble::TensorView<const ActT> x_view = activation_view<ActT>(x, "x");
     std::optional<nibble::TensorView<const ActT>> bias_view;
     if (bias) bias_view = activation_view<ActT>(*bias, "bias");
     return tensor.visit([&](const auto& view) {
       const nibble::Shape y_shape = x_view.shape().with_last(view.rows());
-      std::vector<ActT> y(static_cast<std::size_t>(y_shape.numel()));
-      const nibble::TensorView<ActT> y_view(y.data(), y_shape, "y");
-      {
-        nb::gil_scoped_release no_gil;
+      return run_into_new_output<ActT>(y_shape, [&](const nibble::TensorView<ActT>& y_view) {
         if constexpr (std::is_same_v<ActT, float>) {
           if (reference) {
             if (bias_view) {
@@ -504,17 +522,15 @@ nb::object gemm(const InArray& x, const std::string& dtype, const TensorRef& ten
             } else {
               nibble::gemm_ref(view, x_view, y_view);
             }
+            return;
           }
         }
-        if (!reference) {
-          if (bias_view) {
-            nibble::gemm(view, x_view, y_view, *bias_view, options);
-          } else {
-            nibble::gemm(view, x_view, y_view, options);
-          }
+        if (bias_view) {
+          nibble::gemm(view, x_view, y_view, *bias_view, options);
+        } else {
+          nibble::gemm(view, x_view, y_view, options);
         }
-      }
-      return activation_array<ActT>(std::move(y), y_shape.dims());
+      });
     });
   });
 }
@@ -530,14 +546,11 @@ nb::object moe_gemm(const InArray& x, const std::string& dtype, const TensorRef&
   if (gates) gate_view = activation_view<float>(*gates, "gates");
   return with_scale_type(dtype, [&](auto act_tag) {
     using ActT = decltype(act_tag);
+    check_reference_dtype<ActT>(reference);
     const nibble::TensorView<const ActT> x_view = activation_view<ActT>(x, "x");
     return tensor.visit([&](const auto& view) {
-      const int64_t n = view.rows() / view.shape()[0];
-      const nibble::Shape y_shape = x_view.shape().with_last(n);
-      std::vector<ActT> y(static_cast<std::size_t>(y_shape.numel()));
-      const nibble::TensorView<ActT> y_view(y.data(), y_shape, "y");
-      {
-        nb::gil_scoped_release no_gil;
+      const nibble::Shape y_shape = x_view.shape().with_last(view.rows() / view.shape()[0]);
+      return run_into_new_output<ActT>(y_shape, [&](const nibble::TensorView<ActT>& y_view) {
         if constexpr (std::is_same_v<ActT, float>) {
           if (reference) {
             if (gate_view) {
@@ -545,17 +558,15 @@ nb::object moe_gemm(const InArray& x, const std::string& dtype, const TensorRef&
             } else {
               nibble::moe_gemm_ref(view, x_view, ids, y_view);
             }
+            return;
           }
         }
-        if (!reference) {
-          if (gate_view) {
-            nibble::moe_gemm(view, x_view, ids, *gate_view, y_view, options);
-          } else {
-            nibble::moe_gemm(view, x_view, ids, y_view, options);
-          }
+        if (gate_view) {
+          nibble::moe_gemm(view, x_view, ids, *gate_view, y_view, options);
+        } else {
+          nibble::moe_gemm(view, x_view, ids, y_view, options);
         }
-      }
-      return activation_array<ActT>(std::move(y), y_shape.dims());
+      });
     });
   });
 }
