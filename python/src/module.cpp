@@ -1122,7 +1122,7 @@ nb::dict build_info() {
   std::vector<std::string> kernels{"reference (scalar)"};
   for (const nibble::Isa isa : {nibble::Isa::generic, nibble::Isa::avx2, nibble::Isa::avx512,
                                 nibble::Isa::avx512vnni, nibble::Isa::avx512bf16}) {
-    if (nibble::detail::compiled_kernels(isa) != nullptr) kernels.emplace_back(nibble::to_string(isa));
+    if (nibble::detail::kernels_compiled(isa)) kernels.emplace_back(nibble::to_string(isa));
   }
   info["kernels"] = kernels;
   // What this CPU offers (the dispatcher picks the best compiled table it supports at run time).

@@ -36,7 +36,7 @@ inline std::string isa_test_name(const ::testing::TestParamInfo<Isa>& param) {
 // Skips the test unless `isa` is compiled in and supported.
 #define NIBBLE_REQUIRE_ISA(isa)                                                     \
   do {                                                                              \
-    if (nibble::detail::compiled_kernels(isa) == nullptr) {                         \
+    if (!nibble::detail::kernels_compiled(isa)) {                                   \
       GTEST_SKIP() << nibble::to_string(isa) << " kernels are not compiled in (no " \
                    << "nibble::cpu_kernels for this compiler / architecture)";      \
     }                                                                               \

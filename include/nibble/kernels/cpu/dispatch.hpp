@@ -47,8 +47,29 @@ class ScratchBuffer {
   void* data_ = nullptr;
 };
 
-// The table for `isa`, or null when it is not compiled in.
+// Whether `isa`'s kernels are compiled in. Runs no code of that ISA: safe on any CPU.
+inline bool kernels_compiled(Isa isa) {
+  switch (isa) {
+    case Isa::generic:
+      return true;
+#if defined(NIBBLE_WITH_CPU_KERNELS_X86)
+    case Isa::avx2:
+    case Isa::avx512:
+    case Isa::avx512vnni:
+    case Isa::avx512bf16:
+      return true;
+#endif
+    default:
+      return false;
+  }
+}
+
+// The table for `isa`, or null when it is not compiled in or this CPU lacks the ISA. The table
+// getters live in translation units compiled with their ISA's flags, and even building the table
+// (a function-local static) may use that ISA's instructions (an AVX-512 broadcast, on GCC 12):
+// on a CPU without it the call itself is an illegal instruction. So the CPU is asked first.
 inline const nibble_cpu_kernel_table* compiled_kernels(Isa isa) {
+  if (!kernels_compiled(isa) || !cpu_supports(isa)) return nullptr;
   switch (isa) {
     case Isa::generic: {
       static const nibble_cpu_kernel_table table =
@@ -76,11 +97,11 @@ inline Isa resolve_isa(Isa requested) {
   if (requested == Isa::automatic) requested = isa_from_environment();
   if (requested == Isa::automatic) {
     for (Isa isa : {Isa::avx512bf16, Isa::avx512vnni, Isa::avx512, Isa::avx2}) {
-      if (compiled_kernels(isa) != nullptr && cpu_supports(isa)) return isa;
+      if (kernels_compiled(isa) && cpu_supports(isa)) return isa;
     }
     return Isa::generic;
   }
-  if (compiled_kernels(requested) == nullptr) {
+  if (!kernels_compiled(requested)) {
     fail(ErrorCode::unsupported, "ISA ", to_string(requested),
          " is not compiled in (link nibble::cpu_kernels for avx2 / avx512 / avx512vnni / "
          "avx512bf16)");
