@@ -30,8 +30,10 @@ void gemv_args_bf16(benchmark::internal::Benchmark* benchmark) {
 // <bits, group size (-1: per channel), symmetric>
 BENCHMARK_TEMPLATE(BM_Gemv, 4, 32, true)->Apply(gemv_args);
 BENCHMARK_TEMPLATE(BM_Gemv, 4, 32, false)->Apply(gemv_args);
+BENCHMARK_TEMPLATE(BM_Gemv, 4, 64, true)->Apply(gemv_args);
 BENCHMARK_TEMPLATE(BM_Gemv, 4, 128, true)->Apply(gemv_args_bf16);
 BENCHMARK_TEMPLATE(BM_Gemv, 4, 128, false)->Apply(gemv_args);
+BENCHMARK_TEMPLATE(BM_Gemv, 8, 32, true)->Apply(gemv_args);
 BENCHMARK_TEMPLATE(BM_Gemv, 8, 128, true)->Apply(gemv_args);
 BENCHMARK_TEMPLATE(BM_Gemv, 8, -1, true)->Apply(gemv_args);
 BENCHMARK_TEMPLATE(BM_Gemv, 2, 32, false)->Apply(gemv_args);

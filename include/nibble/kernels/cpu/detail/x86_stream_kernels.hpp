@@ -153,8 +153,11 @@ struct StreamF32 {
         }
       };
       clear();
-      for (int64_t u = u_begin; u < u_end;) {
-        const int64_t g = u / units_per_group;
+      // The group is counted, not divided out of u per group: a 64-bit division costs as much as
+      // the rest of a group's work when a group is one to four units (AVX2, 1 thread, M = 1,
+      // 4096 x 4096: 4-bit group 32 3.5 -> 2.0 ms, 8-bit group 32 3.5 -> 2.2 ms).
+      int64_t g = u_begin / units_per_group;
+      for (int64_t u = u_begin; u < u_end; ++g) {
         const int64_t group_end = std::min(u_end, (g + 1) * units_per_group);
         const typename D::Group params = D::template group<kScaled>(zero[g], scale[g]);
         // Units in pairs, so that every accumulator index is a compile-time constant (a run-time
