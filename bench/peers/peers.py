@@ -1,0 +1,172 @@
+"""Side-by-side peer benchmark: nibble, ggml and onnxruntime on the same shapes, in interleaved
+rounds, one process per measurement. Prints a markdown table.
+
+    python3 bench/peers/peers.py --nibble build/release/bench/nibble_peer [--quick]
+        [--rounds 5] [--threads 1,2] [--ms 1,2,4,8,16,512] [--shapes 4096x4096,14336x4096]
+        [--work /tmp/nibble-peers] [--json results.jsonl]
+
+Peers: ggml 0.15.3 from the ggml-python 0.0.45 sdist (built by build_ggml.sh into --work; q4_0,
+q4_K, q8_0, in the CPU_REPACK buffer where ggml repacks the type on this CPU), onnxruntime 1.32
+MatMulNBits (accuracy_level 0: fp32 compute; 4: int8 activations), installed with pip if missing.
+Cases pair like with like: nibble with int8 activations against ggml (q8 activations always) and
+ORT level 4; nibble fp32 against ORT level 0.
+
+A round runs every peer of a case once (order rotated round by round), after a read-bandwidth
+measurement with the same thread count; each measurement is the median of --calls calls. The
+table gives per peer the median over rounds and the spread (max/min over rounds), GB/s of the
+weight bytes, the roofline fraction (weight bytes / time / that round's read bandwidth) for cold
+cases, and nibble / best peer with the same activations.
+
+"hot": one weight copy, used every call (cache-resident when it fits the last-level cache);
+"cold": distinct copies exceeding 4x the last-level cache, rotated call by call.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# (label, nibble bits / group / sym, ggml type)
+WEIGHTS = {
+    "4-bit g32 sym": (4, 32, 1, "q4_0"),
+    "4-bit g128 asym": (4, 128, 0, "q4_K"),
+    "8-bit g32 sym": (8, 32, 1, "q8_0"),
+}
+
+
+def llc_bytes() -> int:
+    try:
+        sizes = []
+        base = "/sys/devices/system/cpu/cpu0/cache"
+        for index in os.listdir(base):
+            with open(os.path.join(base, index, "size")) as f:
+                text = f.read().strip()
+            sizes.append(int(text[:-1]) * 1024 if text.endswith("K") else int(text))
+        return max(sizes)
+    except OSError:
+        return 32 << 20
+
+
+def run_json(command) -> dict:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def ensure_onnxruntime() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "onnxruntime==1.32.*", "onnx"], check=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nibble", required=True, help="path of the nibble_peer binary (the bench build)")
+    parser.add_argument("--work", default="/tmp/nibble-peers", help="where ggml is downloaded and built")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--threads")
+    parser.add_argument("--ms")
+    parser.add_argument("--shapes", help="NxK list")
+    parser.add_argument("--weights", default=",".join(WEIGHTS), help="subset of: " + ", ".join(WEIGHTS))
+    parser.add_argument("--temperatures", default="hot,cold")
+    parser.add_argument("--quick", action="store_true", help="defaults 4096x4096, M = 1 and 8, 1 thread")
+    parser.add_argument("--json", help="also append every measurement to this file (JSON lines)")
+    args = parser.parse_args()
+    # Unset lists: the full benchmark, or --quick's subset.
+    args.shapes = args.shapes or ("4096x4096" if args.quick else "4096x4096,14336x4096")
+    args.ms = args.ms or ("1,8" if args.quick else "1,2,4,8,16,512")
+    args.threads = args.threads or ("1" if args.quick else "1,2")
+
+    ensure_onnxruntime()
+    ggml = subprocess.run(["bash", os.path.join(HERE, "build_ggml.sh"), args.work], check=True,
+                          capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    ort = [sys.executable, os.path.join(HERE, "ort_peer.py")]
+    log = open(args.json, "a") if args.json else None
+
+    rows = []
+    for shape in args.shapes.split(","):
+        n, k = (int(v) for v in shape.split("x"))
+        for label in args.weights.split(","):
+            bits, group, sym, ggml_type = WEIGHTS[label]
+            for temperature in args.temperatures.split(","):
+                weight_bytes = n * k * bits // 8 + n * (k // group) * 2
+                copies = 1 if temperature == "hot" else 4 * llc_bytes() // weight_bytes + 1
+                for threads in (int(t) for t in args.threads.split(",")):
+                    for m in (int(v) for v in args.ms.split(",")):
+                        common = ["--n", str(n), "--k", str(k), "--m", str(m), "--threads", str(threads),
+                                  "--copies", str(copies), "--calls", str(args.calls)]
+                        wq = ["--bits", str(bits), "--group", str(group), "--sym", str(sym)]
+                        peers = {
+                            "nibble int8": [args.nibble, *wq, "--act", "int8", *common],
+                            "nibble fp32": [args.nibble, *wq, "--act", "fp32", *common],
+                            f"ggml {ggml_type}": [ggml, "--type", ggml_type, *common],
+                            "ORT level 4": [*ort, *wq, "--accuracy-level", "4", *common],
+                            "ORT level 0": [*ort, *wq, "--accuracy-level", "0", *common],
+                        }
+                        times = {name: [] for name in peers}
+                        reads = []
+                        extra = {}
+                        names = list(peers)
+                        for r in range(args.rounds):
+                            reads.append(run_json([args.nibble, "--read-bandwidth", "--threads", str(threads)])["read_GBps"])
+                            order = names[r % len(names):] + names[:r % len(names)]
+                            for name in order:
+                                result = run_json(peers[name])
+                                times[name].append(result["median_ms"])
+                                extra[name] = result
+                                if log:
+                                    log.write(json.dumps(dict(result, case=label, temperature=temperature, round=r)) + "\n")
+                        row = dict(shape=shape, weights=label, temperature=temperature, threads=threads, m=m,
+                                   read=statistics.median(reads), peers={})
+                        for name in names:
+                            t = times[name]
+                            row["peers"][name] = dict(ms=statistics.median(t), spread=max(t) / min(t),
+                                                      bytes=extra[name]["weight_bytes"],
+                                                      isa=extra[name].get("isa", extra[name].get("buffer", "")))
+                        rows.append(row)
+                        print(format_row(row), flush=True)
+    print()
+    print(table(rows))
+    return 0
+
+
+def ratio(row, nibble_name, rivals):
+    best = min(row["peers"][name]["ms"] for name in rivals)
+    return row["peers"][nibble_name]["ms"] / best
+
+
+def format_row(row) -> str:
+    parts = [f"{name} {p['ms']:.3f} ms (x{p['spread']:.2f})" for name, p in row["peers"].items()]
+    return f"{row['shape']} {row['weights']} {row['temperature']} T={row['threads']} M={row['m']}: " + ", ".join(parts)
+
+
+def table(rows) -> str:
+    names = list(rows[0]["peers"])
+    head = ["shape", "weights", "W", "T", "M", "read GB/s"] + [f"{n} ms" for n in names] + [
+        "nibble int8 GB/s (roofline)", "nibble int8 / best int8 peer", "nibble fp32 / ORT level 0"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        p = row["peers"]
+        int8_rivals = [n for n in names if n.startswith("ggml") or n == "ORT level 4"]
+        nibble = p["nibble int8"]
+        gbps = nibble["bytes"] / nibble["ms"] / 1e6
+        roof = f"{gbps:.1f} ({gbps / row['read']:.2f})" if row["temperature"] == "cold" else f"{gbps:.1f}"
+        cells = [row["shape"], row["weights"], row["temperature"], str(row["threads"]), str(row["m"]),
+                 f"{row['read']:.1f}"]
+        cells += [f"{p[n]['ms']:.3f} (x{p[n]['spread']:.2f})" for n in names]
+        cells += [roof, f"{ratio(row, 'nibble int8', int8_rivals):.2f}",
+                  f"{ratio(row, 'nibble fp32', ['ORT level 0']):.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
