@@ -40,55 +40,17 @@
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
 #include "ggml.h"
+#include "peer_common.hpp"
 
 namespace {
 
-[[noreturn]] void usage(const std::string& problem) {
-  std::fprintf(stderr,
-               "ggml_peer: %s\n"
-               "usage: ggml_peer --type q4_0|q4_K|q8_0 --n N --k K --m M --threads T\n"
-               "                 --copies C --calls R [--repack 0|1] [--seed S]\n",
-               problem.c_str());
-  std::exit(2);
-}
+constexpr char kUsage[] =
+    "usage: ggml_peer --type q4_0|q4_K|q8_0 --n N --k K --m M --threads T\n"
+    "                 --copies C --calls R [--repack 0|1] [--seed S]\n";
 
 [[noreturn]] void fail(const std::string& problem) {
   std::fprintf(stderr, "ggml_peer: %s\n", problem.c_str());
   std::exit(1);
-}
-
-// --name value pairs.
-std::map<std::string, std::string> parse(int argc, char** argv) {
-  std::map<std::string, std::string> args;
-  for (int i = 1; i < argc; ++i) {
-    const std::string name = argv[i];
-    if (name.rfind("--", 0) != 0 || name.size() == 2) usage("unexpected argument '" + name + "'");
-    if (i + 1 >= argc) usage("missing value after " + name);
-    args[name.substr(2)] = argv[++i];
-  }
-  static const char* const known[] = {"type",   "n",     "k",      "m",   "threads",
-                                      "copies", "calls", "repack", "seed"};
-  for (const auto& entry : args)
-    if (std::find(std::begin(known), std::end(known), entry.first) == std::end(known))
-      usage("unknown option --" + entry.first);
-  return args;
-}
-
-int64_t integer(const std::map<std::string, std::string>& args, const std::string& name,
-                const char* fallback = nullptr) {
-  const auto found = args.find(name);
-  if (found == args.end() && fallback == nullptr) usage("missing --" + name);
-  const std::string text = found != args.end() ? found->second : fallback;
-  char* end = nullptr;
-  const long long value = std::strtoll(text.c_str(), &end, 10);
-  if (end == text.c_str() || *end != '\0') usage("--" + name + " " + text + " is not an integer");
-  return value;
-}
-
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  const std::size_t n = values.size();
-  return n % 2 == 1 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
 }
 
 // ggml logs (backend selection, repacking notices, ...) go to stderr, never to stdout.
@@ -133,26 +95,26 @@ ggml_backend_buffer_type_t choose_weight_buffer_type(ggml_backend_t backend, boo
   return ggml_backend_cpu_buffer_type();
 }
 
-int run(const std::map<std::string, std::string>& args) {
+int run(const peer::Args& args) {
   // ---- arguments ----
-  const auto type_name = args.count("type") != 0 ? args.at("type") : std::string();
-  if (type_name.empty()) usage("missing --type");
+  const std::string type_name = args.text("type");
   const std::map<std::string, ggml_type> types = {
       {"q4_0", GGML_TYPE_Q4_0}, {"q4_K", GGML_TYPE_Q4_K}, {"q8_0", GGML_TYPE_Q8_0}};
-  if (types.count(type_name) == 0) usage("unknown --type " + type_name + " (q4_0, q4_K, q8_0)");
+  if (types.count(type_name) == 0)
+    args.usage("unknown --type " + type_name + " (q4_0, q4_K, q8_0)");
   const ggml_type type = types.at(type_name);
-  const int64_t n = integer(args, "n"), k = integer(args, "k"), m = integer(args, "m");
-  const int64_t threads = integer(args, "threads");
-  const int64_t copies = integer(args, "copies"), calls = integer(args, "calls");
-  const int64_t repack = integer(args, "repack", "1");
-  const auto seed = static_cast<uint32_t>(integer(args, "seed", "1"));
+  const int64_t n = args.integer("n"), k = args.integer("k"), m = args.integer("m");
+  const int64_t threads = args.integer("threads");
+  const int64_t copies = args.integer("copies"), calls = args.integer("calls");
+  const int64_t repack = args.integer("repack", "1");
+  const auto seed = static_cast<uint32_t>(args.integer("seed", "1"));
   if (n < 1 || k < 1 || m < 1 || threads < 1 || copies < 1 || calls < 1)
-    usage("sizes, --threads, --copies and --calls must be >= 1");
-  if (repack != 0 && repack != 1) usage("--repack must be 0 or 1");
+    args.usage("sizes, --threads, --copies and --calls must be >= 1");
+  if (repack != 0 && repack != 1) args.usage("--repack must be 0 or 1");
   const int64_t block = ggml_blck_size(type);
   if (k % block != 0)
-    usage("--k " + std::to_string(k) + " is not a multiple of " + type_name + "'s block size " +
-          std::to_string(block));
+    args.usage("--k " + std::to_string(k) + " is not a multiple of " + type_name +
+               "'s block size " + std::to_string(block));
 
   ggml_log_set(log_to_stderr, nullptr);
   const ggml_type_traits* traits = ggml_get_type_traits(type);
@@ -235,37 +197,12 @@ int run(const std::map<std::string, std::string>& args) {
   ggml_backend_tensor_get(results[0], y.data(), 0, ggml_nbytes(results[0]));
   std::vector<float> dequantized(static_cast<std::size_t>(n * k));
   traits->to_float(quantized_first.data(), dequantized.data(), n * k);  // rows are contiguous
-  double max_error = 0.0, max_reference = 0.0;
-  for (int64_t i = 0; i < m; ++i) {
-    for (int64_t j = 0; j < n; ++j) {
-      double reference = 0.0;
-      for (int64_t e = 0; e < k; ++e)
-        reference += static_cast<double>(x_values[static_cast<std::size_t>(i * k + e)]) *
-                     dequantized[static_cast<std::size_t>(j * k + e)];
-      max_reference = std::max(max_reference, std::fabs(reference));
-      max_error =
-          std::max(max_error, std::fabs(reference - y[static_cast<std::size_t>(i * n + j)]));
-    }
-  }
-  const double relative_error = max_error / std::max(max_reference, 1e-30);
-  if (!(relative_error <= 0.05)) {  // also catches NaN
-    std::fprintf(stderr, "ggml_peer: result off by %.3g of max |reference| (limit 0.05)\n",
-                 relative_error);
-    return 1;
-  }
+  const double relative_error =
+      peer::relative_error(x_values.data(), dequantized.data(), y.data(), m, n, k);
+  peer::check_result("ggml_peer", relative_error);
 
   // ---- warm-up: every copy's graph once, untimed; then the timed calls ----
-  for (int64_t c = 1; c < copies; ++c)
-    compute(c);
-  std::vector<double> ms;
-  ms.reserve(static_cast<std::size_t>(calls));
-  for (int64_t i = 0; i < calls; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    compute(i % copies);
-    const std::chrono::duration<double, std::milli> elapsed =
-        std::chrono::steady_clock::now() - start;
-    ms.push_back(elapsed.count());
-  }
+  const peer::CallTimes times = peer::time_calls(copies, calls, compute);
 
   std::printf(
       "{\"peer\":\"ggml\",\"ggml_version\":\"%s\",\"type\":\"%s\",\"n\":%lld,\"k\":%lld,"
@@ -275,8 +212,8 @@ int run(const std::map<std::string, std::string>& args) {
       ggml_version(), type_name.c_str(), static_cast<long long>(n), static_cast<long long>(k),
       static_cast<long long>(m), static_cast<long long>(threads), static_cast<long long>(copies),
       static_cast<long long>(calls), repacked ? "true" : "false",
-      ggml_backend_buft_name(weight_buft), median(ms), *std::min_element(ms.begin(), ms.end()),
-      *std::max_element(ms.begin(), ms.end()), relative_error, weight_bytes);
+      ggml_backend_buft_name(weight_buft), times.median_ms, times.min_ms, times.max_ms,
+      relative_error, weight_bytes);
   std::fflush(stdout);
 
   ggml_backend_buffer_free(compute_buffer);
@@ -291,7 +228,8 @@ int run(const std::map<std::string, std::string>& args) {
 
 int main(int argc, char** argv) {
   try {
-    return run(parse(argc, argv));
+    return run(peer::Args(argc, argv, "ggml_peer", kUsage,
+                          {"type", "n", "k", "m", "threads", "copies", "calls", "repack", "seed"}));
   } catch (const std::exception& error) {
     std::fprintf(stderr, "ggml_peer: %s\n", error.what());
     return 1;
