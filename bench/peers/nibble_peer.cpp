@@ -4,12 +4,14 @@
 //
 //   nibble_peer --bits 4 --group 32 --sym 1 --act int8 --n 4096 --k 4096 --m 1 --threads 1
 //               --copies 16 --calls 50
+//   nibble_peer ... --layout packed               (W packed once, pack_for_cpu, before timing)
 //   nibble_peer --read-bandwidth --threads 1      (the roofline: GB/s of a plain streaming read)
 //
 // Weights: N(0, 0.02) from a seeded generator, quantized with the ORT convention (what
 // MatMulNBits runs); `copies` distinct copies (cold runs pass enough to exceed 4x the last-level
 // cache, hot runs 1), call i uses copy i % copies. X [m, k] ~ N(0, 1) stays hot, as in decoding.
 // Time per call: steady_clock around one nibble::gemm, after one untimed call per copy.
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <random>
@@ -18,6 +20,7 @@
 
 #include "nibble/kernels/cpu/dequantize.hpp"
 #include "nibble/kernels/cpu/gemm.hpp"
+#include "nibble/kernels/cpu/packed.hpp"
 #include "nibble/quantizer.hpp"
 #include "peer_common.hpp"
 #include "support/roofline.hpp"
@@ -26,7 +29,7 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: nibble_peer --bits B --group G --sym 0|1 --act fp32|int8 --n N --k K --m M\n"
-    "                   --threads T --copies C --calls R [--seed S]\n"
+    "                   --threads T --copies C --calls R [--seed S] [--layout canonical|packed]\n"
     "       nibble_peer --read-bandwidth --threads T\n";
 
 int run(const peer::Args& args) {
@@ -44,6 +47,10 @@ int run(const peer::Args& args) {
     args.usage("sizes and counts must be >= 1");
   const std::string act = args.text("act");
   if (act != "fp32" && act != "int8") args.usage("--act must be fp32 or int8");
+  const std::string layout = args.text("layout", "canonical");
+  if (layout != "canonical" && layout != "packed")
+    args.usage("--layout must be canonical or packed");
+  const bool packed = layout == "packed";
   nibble::QuantConfig config;
   config.bits = static_cast<int>(args.integer("bits"));
   config.group_size = args.integer("group");
@@ -68,10 +75,30 @@ int run(const peer::Args& args) {
   options.num_threads = threads;
   options.activations =
       act == "int8" ? nibble::ActivationPrecision::int8 : nibble::ActivationPrecision::fp32;
+  // Packed: every copy packed once (timed: the load-time cost), the canonical copies but the
+  // first (kept for the check) dropped, as a caller would.
+  std::vector<nibble::PackedWeights<nibble::fp16>> packed_weights;
+  double pack_ms = 0.0;
+  if (packed) {
+    nibble::PackOptions pack_options;
+    pack_options.num_threads = threads;
+    for (std::size_t c = 0; c < weights.size(); ++c) {
+      const auto start = std::chrono::steady_clock::now();
+      packed_weights.push_back(nibble::pack_for_cpu(weights[c].view(), pack_options));
+      pack_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+                     .count();
+    }
+    pack_ms /= static_cast<double>(weights.size());
+    weights.erase(weights.begin() + 1, weights.end());
+  }
   const auto call = [&](int64_t c) {
-    nibble::gemm(weights[static_cast<std::size_t>(c)].view(),
-                 nibble::TensorView<const float>(x.data(), {m, k}),
-                 nibble::TensorView<float>(y.data(), {m, n}), options);
+    const nibble::TensorView<const float> x_view(x.data(), {m, k});
+    const nibble::TensorView<float> y_view(y.data(), {m, n});
+    if (packed) {
+      nibble::gemm(packed_weights[static_cast<std::size_t>(c)], x_view, y_view, options);
+    } else {
+      nibble::gemm(weights[static_cast<std::size_t>(c)].view(), x_view, y_view, options);
+    }
   };
   // Correctness before timing: copy 0 against the fp64 product of its dequantized weights.
   call(0);
@@ -82,17 +109,21 @@ int run(const peer::Args& args) {
   peer::check_result("nibble_peer", relative_error);
   const peer::CallTimes times = peer::time_calls(copies, calls, call);
   const nibble::QuantTensor<nibble::fp16>& first = weights[0];
-  const auto weight_bytes =
-      first.qweight().size() + first.scales().size() * sizeof(nibble::fp16) + first.zeros().size();
+  const auto weight_bytes = packed ? packed_weights[0].bytes()
+                                   : first.qweight().size() +
+                                         first.scales().size() * sizeof(nibble::fp16) +
+                                         first.zeros().size();
   std::printf(
       "{\"peer\":\"nibble\",\"isa\":\"%s\",\"bits\":%d,\"group\":%lld,\"sym\":%s,\"act\":\"%s\","
       "\"n\":%lld,\"k\":%lld,\"m\":%lld,\"threads\":%d,\"copies\":%lld,\"calls\":%lld,"
-      "\"median_ms\":%.5f,\"min_ms\":%.5f,\"max_ms\":%.5f,\"rel_err\":%.3g,\"weight_bytes\":%zu}\n",
-      nibble::gemm_isa(first.view(), options), config.bits,
-      static_cast<long long>(config.group_size), config.symmetric ? "true" : "false", act.c_str(),
-      static_cast<long long>(n), static_cast<long long>(k), static_cast<long long>(m), threads,
-      static_cast<long long>(copies), static_cast<long long>(calls), times.median_ms, times.min_ms,
-      times.max_ms, relative_error, static_cast<std::size_t>(weight_bytes));
+      "\"median_ms\":%.5f,\"min_ms\":%.5f,\"max_ms\":%.5f,\"rel_err\":%.3g,\"weight_bytes\":%zu,"
+      "\"layout\":\"%s\",\"pack_ms\":%.3f}\n",
+      packed ? nibble::to_string(packed_weights[0].isa()) : nibble::gemm_isa(first.view(), options),
+      config.bits, static_cast<long long>(config.group_size), config.symmetric ? "true" : "false",
+      act.c_str(), static_cast<long long>(n), static_cast<long long>(k), static_cast<long long>(m),
+      threads, static_cast<long long>(copies), static_cast<long long>(calls), times.median_ms,
+      times.min_ms, times.max_ms, relative_error, static_cast<std::size_t>(weight_bytes),
+      layout.c_str(), pack_ms);
   return 0;
 }
 
@@ -100,10 +131,10 @@ int run(const peer::Args& args) {
 
 int main(int argc, char** argv) {
   try {
-    return run(peer::Args(
-        argc, argv, "nibble_peer", kUsage,
-        {"bits", "group", "sym", "act", "n", "k", "m", "threads", "copies", "calls", "seed"},
-        {"read-bandwidth"}));
+    return run(peer::Args(argc, argv, "nibble_peer", kUsage,
+                          {"bits", "group", "sym", "act", "n", "k", "m", "threads", "copies",
+                           "calls", "seed", "layout"},
+                          {"read-bandwidth"}));
   } catch (const std::exception& error) {
     std::fprintf(stderr, "nibble_peer: %s\n", error.what());
     return 1;

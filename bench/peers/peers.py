@@ -8,7 +8,8 @@ rounds, one process per measurement. Prints a markdown table.
 Peers: ggml 0.15.3 from the ggml-python 0.0.45 sdist (built by build_ggml.sh into --work; q4_0,
 q4_K, q8_0, in the CPU_REPACK buffer where ggml repacks the type on this CPU), onnxruntime 1.32
 MatMulNBits (accuracy_level 0: fp32 compute; 4: int8 activations), installed with pip if missing.
-Cases pair like with like: nibble with int8 activations against ggml (q8 activations always) and
+nibble's weights are packed once before timing (pack_for_cpu, --layout packed, the default),
+as ggml's CPU_REPACK and ORT's prepack rearrange theirs at load. Cases pair like with like: nibble with int8 activations against ggml (q8 activations always) and
 ORT level 4; nibble fp32 against ORT level 0.
 
 A round runs every peer of a case once (order rotated round by round), after a read-bandwidth
@@ -79,6 +80,9 @@ def main() -> int:
     parser.add_argument("--temperatures", default="hot,cold")
     parser.add_argument("--quick", action="store_true", help="defaults 4096x4096, M = 1 and 8, 1 thread")
     parser.add_argument("--json", help="also append every measurement to this file (JSON lines)")
+    parser.add_argument("--layout", default="packed", choices=["packed", "canonical", "both"],
+                        help="nibble's weights: packed once at load (pack_for_cpu, as the peers repack), "
+                             "the canonical layout, or both (canonical rows added as 'nibble ... canonical')")
     args = parser.parse_args()
     # Unset lists: the full benchmark, or --quick's subset.
     args.shapes = args.shapes or ("4096x4096" if args.quick else "4096x4096,14336x4096")
@@ -104,13 +108,18 @@ def main() -> int:
                         common = ["--n", str(n), "--k", str(k), "--m", str(m), "--threads", str(threads),
                                   "--copies", str(copies), "--calls", str(args.calls)]
                         wq = ["--bits", str(bits), "--group", str(group), "--sym", str(sym)]
+                        main_layout = "canonical" if args.layout == "canonical" else "packed"
                         peers = {
-                            "nibble int8": [args.nibble, *wq, "--act", "int8", *common],
-                            "nibble fp32": [args.nibble, *wq, "--act", "fp32", *common],
+                            "nibble int8": [args.nibble, *wq, "--act", "int8", "--layout", main_layout, *common],
+                            "nibble fp32": [args.nibble, *wq, "--act", "fp32", "--layout", main_layout, *common],
                             f"ggml {ggml_type}": [ggml, "--type", ggml_type, *common],
                             "ORT level 4": [*ort, *wq, "--accuracy-level", "4", *common],
                             "ORT level 0": [*ort, *wq, "--accuracy-level", "0", *common],
                         }
+                        if args.layout == "both":
+                            for act in ("int8", "fp32"):
+                                peers[f"nibble {act} canonical"] = [args.nibble, *wq, "--act", act, "--layout",
+                                                                    "canonical", *common]
                         times = {name: [] for name in peers}
                         reads = []
                         extra = {}

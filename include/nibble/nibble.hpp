@@ -28,6 +28,7 @@
 #include "nibble/kernels/cpu/gemm.hpp"
 #include "nibble/kernels/cpu/isa.hpp"
 #include "nibble/kernels/cpu/moe_gemm.hpp"
+#include "nibble/kernels/cpu/packed.hpp"
 #include "nibble/kernels/cpu/reference.hpp"
 #include "nibble/pack.hpp"
 #include "nibble/quant_tensor.hpp"

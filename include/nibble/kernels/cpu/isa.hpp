@@ -56,15 +56,19 @@ inline Isa isa_from_name(std::string_view name) {
       "\" is unknown (expected automatic, generic, avx2, avx512, avx512vnni or avx512bf16)");
 }
 
-// Whether the running CPU (and its OS) can execute code for `isa`.
-inline bool cpu_supports(Isa isa) {
-  switch (isa) {
-    case Isa::automatic:
-    case Isa::generic:
-      return true;
-    default:
-      break;
-  }
+namespace detail {
+
+// What the running CPU (and its OS) can execute, read once: CPUID traps to the hypervisor in a
+// VM (microseconds each), and a kernel call asks for several ISAs.
+struct CpuFeatures {
+  bool avx2 = false;
+  bool avx512 = false;
+  bool avx512vnni = false;
+  bool avx512bf16 = false;
+};
+
+inline CpuFeatures detect_cpu_features() {
+  CpuFeatures features;
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
   // __builtin_cpu_supports reads CPUID and checks that the OS saves the wider registers. Clang
   // (14 at least) has no "f16c" name for it: F16C is CPUID leaf 1, ECX bit 29, read directly (the
@@ -72,25 +76,41 @@ inline bool cpu_supports(Isa isa) {
   __builtin_cpu_init();
   unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
   const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & (1u << 29)) != 0;
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
-  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
-                      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-                      __builtin_cpu_supports("avx512vl");
+  features.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+  features.avx512 = features.avx2 && __builtin_cpu_supports("avx512f") &&
+                    __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                    __builtin_cpu_supports("avx512vl");
+  features.avx512vnni = features.avx512 && __builtin_cpu_supports("avx512vnni");
+  features.avx512bf16 = features.avx512vnni && __builtin_cpu_supports("avx512bf16");
+#endif
+  return features;
+}
+
+inline const CpuFeatures& cpu_features() {
+  static const CpuFeatures features = detect_cpu_features();
+  return features;
+}
+
+}  // namespace detail
+
+// Whether the running CPU (and its OS) can execute code for `isa`.
+inline bool cpu_supports(Isa isa) {
+  const detail::CpuFeatures& features = detail::cpu_features();
   switch (isa) {
+    case Isa::automatic:
+    case Isa::generic:
+      return true;
     case Isa::avx2:
-      return avx2;
+      return features.avx2;
     case Isa::avx512:
-      return avx512;
+      return features.avx512;
     case Isa::avx512vnni:
-      return avx512 && __builtin_cpu_supports("avx512vnni");
+      return features.avx512vnni;
     case Isa::avx512bf16:
-      return avx512 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16");
+      return features.avx512bf16;
     default:
       return false;
   }
-#else
-  return false;
-#endif
 }
 
 // NIBBLE_ISA from the environment (Isa::automatic when unset or empty).

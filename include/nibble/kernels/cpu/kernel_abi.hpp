@@ -61,6 +61,34 @@ struct nibble_dequantize_operands {
 using nibble_dequantize_rows_fn = void (*)(const nibble_dequantize_operands* operands,
                                            int64_t row_begin, int64_t row_end);
 
+// Operands of Y = X * W^T for W in the packed layout (kernels/cpu/packed.hpp,
+// docs/packed-layout.md): tiles of 8 output columns, K in activation blocks of 32-byte chunks. Made
+// by packed.hpp.
+struct nibble_packed_operands {
+  int64_t m;                 // rows of X and Y
+  int64_t n;                 // columns of Y (the tiles' last one may be partial)
+  int64_t n_groups;          // weight groups per column
+  int64_t blocks_per_group;  // activation blocks per group
+  int64_t chunks_per_block;  // 32-byte chunks per block and tile
+  int64_t block_stride;      // elements of a prepared X row per block (chunks_per_block * chunk K)
+  const uint8_t* codes;      // [tiles][blocks][chunks_per_block][32]
+  const void* scales;        // [tiles][n_groups][8] of the tensor's scale type
+  const int8_t* zeros;       // [tiles][n_groups][8] zero points on the stored codes, or null
+  int32_t symmetric_zero;    // the zero point on the stored codes when zeros is null
+  // int8 activations: codes [m][blocks * block_stride] (0 in pads), scales s_x [m][blocks] and
+  // s_x * (sum of the block's codes) [m][blocks]. fp32 activations: x [m][blocks * block_stride].
+  const int8_t* x_codes;
+  const float* x_scales;
+  const float* x_scaled_sums;
+  const float* x;
+  float* y;           // [m, n]
+  const float* bias;  // [n] or null
+};
+
+// Computes Y for tiles [tile_begin, tile_end) (output columns 8 * tile_begin ...).
+using nibble_packed_gemm_fn = void (*)(const nibble_packed_operands* operands, int64_t tile_begin,
+                                       int64_t tile_end);
+
 // The kernels one ISA provides. Indices: [bits: 2, 4, 8 -> 0, 1, 2], [scale: f32, f16, bf16],
 // [activations: fp32, int8 -> 0, 1].
 struct nibble_cpu_kernel_table {
@@ -70,6 +98,8 @@ struct nibble_cpu_kernel_table {
   int uses_bf16_activations;  // 1: kernels read nibble_gemm_operands::x_bf16 when given
   nibble_gemm_rows_fn gemm[3][3][2];
   nibble_dequantize_rows_fn dequantize_rows[3][3];
+  // Over the packed layout: [bits][scale][activations], as gemm.
+  nibble_packed_gemm_fn packed_gemm[3][3][2];
   // Scratch bytes one thread needs for a call (any columns).
   std::size_t (*scratch_bytes[3][2])(const nibble_gemm_operands* operands);
   // Bytes of prepared X; its parts shared by all rows (once, single-threaded); then rows

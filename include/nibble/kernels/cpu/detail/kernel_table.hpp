@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "nibble/core/float16.hpp"
+#include "nibble/kernels/cpu/detail/packed_kernels.hpp"
 #include "nibble/kernels/cpu/detail/portable_kernels.hpp"
 #include "nibble/kernels/cpu/detail/x86_bf16_kernels.hpp"
 #include "nibble/kernels/cpu/detail/x86_panel_kernels.hpp"
@@ -97,6 +98,8 @@ void fill_x86_kernels(nibble_cpu_kernel_table& table, int bits_index, int scale_
   table.gemm[bits_index][scale_index][0] = &X86Gemm<T, Bits, ScaleT, false>::run;
   table.gemm[bits_index][scale_index][1] = &X86Gemm<T, Bits, ScaleT, true>::run;
   table.dequantize_rows[bits_index][scale_index] = &DequantizeRows<T, Bits, ScaleT>::run;
+  table.packed_gemm[bits_index][scale_index][0] = &PackedX86<Bits, ScaleT, false>::run;
+  table.packed_gemm[bits_index][scale_index][1] = &PackedX86<Bits, ScaleT, true>::run;
   if constexpr (std::is_same_v<ScaleT, float>) {
     table.scratch_bytes[bits_index][0] = &X86Gemm<T, Bits, ScaleT, false>::scratch_bytes;
     table.scratch_bytes[bits_index][1] = &X86Gemm<T, Bits, ScaleT, true>::scratch_bytes;
@@ -142,6 +145,8 @@ void fill_portable_kernels(nibble_cpu_kernel_table& table, int bits_index, int s
   table.gemm[bits_index][scale_index][0] = &Portable::gemm_f32;
   table.gemm[bits_index][scale_index][1] = &Portable::gemm_i8;
   table.dequantize_rows[bits_index][scale_index] = &Portable::dequantize_rows;
+  table.packed_gemm[bits_index][scale_index][0] = &packed_gemm_scalar<Bits, ScaleT, false>;
+  table.packed_gemm[bits_index][scale_index][1] = &packed_gemm_scalar<Bits, ScaleT, true>;
   table.scratch_bytes[bits_index][0] = &Portable::scratch_bytes;
   table.scratch_bytes[bits_index][1] = &Portable::scratch_bytes;
   table.prepared_bytes[bits_index][0] = &portable_prepared_bytes_f32;
