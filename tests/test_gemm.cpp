@@ -14,6 +14,7 @@
 #include "nibble/kernels/cpu/gemm.hpp"
 #include "nibble/quantizer.hpp"
 #include "support/kernel_checks.hpp"
+#include "support/quant_fixtures.hpp"
 #include "support/test_data.hpp"
 
 namespace {
@@ -27,6 +28,7 @@ using nibble::QuantConfig;
 using nibble::QuantTensor;
 using nibble::Shape;
 using nibble::TensorView;
+using nibble::testing::as_multiplied;
 using nibble::testing::output_rounding;
 
 class GemmOnIsa : public ::testing::TestWithParam<Isa> {};
@@ -42,11 +44,14 @@ std::vector<ActT> activations(int64_t count, uint32_t seed) {
   return nibble::testing::converted<ActT>(nibble::testing::gaussian(count, seed));
 }
 
-// Checks gemm (fp32 activations, type ActT) against gemm_ref on one shape and config.
+// Checks gemm (fp32 activations, type ActT; or bf16 / fp16 precision, which rounds X first)
+// against gemm_ref of the values multiplied on one shape and config.
 template <class ActT, class ScaleT = float>
 void check_fp32_path(Isa isa, int64_t m, int64_t n, int64_t k, const QuantConfig& config,
-                     bool with_bias = false, int threads = 0) {
-  SCOPED_TRACE(case_name(m, n, k, config) + " on " + nibble::to_string(isa));
+                     bool with_bias = false, int threads = 0,
+                     ActivationPrecision precision = ActivationPrecision::fp32) {
+  SCOPED_TRACE(case_name(m, n, k, config) + " on " + nibble::to_string(isa) + ", " +
+               nibble::to_string(precision) + " precision");
   const auto seed = static_cast<uint32_t>(m * 7919 + n * 104729 + k);
   const std::vector<float> weights = nibble::testing::gaussian(n * k, seed);
   const QuantTensor<ScaleT> q =
@@ -56,6 +61,7 @@ void check_fp32_path(Isa isa, int64_t m, int64_t n, int64_t k, const QuantConfig
   std::vector<float> x_float;
   for (ActT value : x)
     x_float.push_back(nibble::to_float(value));
+  x_float = as_multiplied(std::move(x_float), precision);
   std::vector<float> bias_float;
   for (ActT value : bias)
     bias_float.push_back(nibble::to_float(value));
@@ -64,6 +70,7 @@ void check_fp32_path(Isa isa, int64_t m, int64_t n, int64_t k, const QuantConfig
   nibble::GemmOptions options;
   options.isa = isa;
   options.num_threads = threads;
+  options.activations = precision;
   if (with_bias) {
     nibble::gemm(q.view(), TensorView<const ActT>(x.data(), {m, k}),
                  TensorView<ActT>(y.data(), {m, n}), TensorView<const ActT>(bias.data(), {n}),
@@ -135,6 +142,73 @@ TEST_P(GemmOnIsa, EveryBatchSizeAndOddShapes) {
   for (int64_t k : {1, 15, 16, 17, 31, 33, 127, 129}) {
     check_fp32_path<float>(GetParam(), 3, 19, k, QuantConfig{8, 16, false});
   }
+}
+
+// bf16 / fp16 precision: X rounded to that type, then the fp32 kernels (or, bf16 on avx512bf16,
+// vdpbf16ps) on every X type, batch and config family; held to gemm_ref of the rounded X.
+TEST_P(GemmOnIsa, Bf16AndFp16PrecisionMultiplyXRoundedToThatType) {
+  NIBBLE_REQUIRE_ISA(GetParam());
+  for (ActivationPrecision precision : {ActivationPrecision::bf16, ActivationPrecision::fp16}) {
+    for (int64_t m : {int64_t{1}, int64_t{3}, int64_t{13}}) {
+      check_fp32_path<float>(GetParam(), m, 37, 2 * 32 + 37, QuantConfig{4, 32, true}, m == 3, 0,
+                             precision);
+      check_fp32_path<float>(GetParam(), m, 33, 256, QuantConfig{4, 64, false}, false, 0,
+                             precision);
+      check_fp32_path<float, fp16>(GetParam(), m, 19, 160, QuantConfig{8, 128, false}, false, 0,
+                                   precision);
+      check_fp32_path<float>(GetParam(), m, 17, 96, QuantConfig{2, nibble::kPerChannel, true},
+                             false, 0, precision);
+      // X of the other 16-bit type is rounded too (fp16 -> bf16 drops 3 mantissa bits).
+      check_fp32_path<fp16>(GetParam(), m, 21, 128, QuantConfig{4, 32, true}, false, 0, precision);
+      check_fp32_path<bf16>(GetParam(), m, 21, 128, QuantConfig{4, 32, false}, false, 0, precision);
+    }
+  }
+}
+
+// The rounding is real: bf16 precision on float X is not fp32 on it, and (where no vdpbf16ps
+// kernel reorders the sums) it is bit for bit fp32 on the rounded X.
+TEST_P(GemmOnIsa, Bf16PrecisionIsFp32OnRoundedX) {
+  NIBBLE_REQUIRE_ISA(GetParam());
+  const int64_t m = 3, n = 40, k = 256;
+  const std::vector<float> weights = nibble::testing::gaussian(n * k, 11);
+  const QuantTensor<float> q = nibble::quantize<float>(
+      TensorView<const float>(weights.data(), {n, k}), QuantConfig{4, 32, true});
+  const std::vector<float> x = nibble::testing::gaussian(m * k, 12);
+  for (ActivationPrecision precision : {ActivationPrecision::bf16, ActivationPrecision::fp16}) {
+    SCOPED_TRACE(nibble::to_string(precision));
+    const std::vector<float> rounded = as_multiplied(x, precision);
+    nibble::GemmOptions options;
+    options.isa = GetParam();
+    const auto run = [&](const std::vector<float>& values, ActivationPrecision as) {
+      std::vector<float> y(static_cast<std::size_t>(m * n));
+      options.activations = as;
+      nibble::gemm(q.view(), TensorView<const float>(values.data(), {m, k}),
+                   TensorView<float>(y.data(), {m, n}), options);
+      return y;
+    };
+    const std::vector<float> y = run(x, precision);
+    EXPECT_NE(y, run(x, ActivationPrecision::fp32));
+    options.activations = precision;
+    if (std::string(nibble::gemm_isa(q.view(), options)) != "avx512bf16" ||
+        precision != ActivationPrecision::bf16) {
+      EXPECT_EQ(y, run(rounded, ActivationPrecision::fp32));
+    }
+  }
+}
+
+TEST(Gemm, AnActivationPrecisionOutsideTheEnumIsAnError) {
+  const std::vector<float> weights = nibble::testing::gaussian(8 * 32, 1);
+  const QuantTensor<float> q = nibble::quantize<float>(
+      TensorView<const float>(weights.data(), {8, 32}), QuantConfig{4, 32, true});
+  std::vector<float> x(32, 1.0f), y(8);
+  nibble::GemmOptions options;
+  options.activations = static_cast<ActivationPrecision>(7);
+  nibble::testing::expect_error(
+      [&] {
+        nibble::gemm(q.view(), TensorView<const float>(x.data(), {1, 32}),
+                     TensorView<float>(y.data(), {1, 8}), options);
+      },
+      nibble::ErrorCode::invalid_argument, "is not an ActivationPrecision");
 }
 
 TEST_P(GemmOnIsa, M43xN500xK401) {

@@ -40,9 +40,8 @@ std::vector<int32_t> routing(int64_t tokens, int64_t top_k, int64_t experts) {
 // int8 path's bound of each routed (token, expert) product, summed over slots with their gates.
 void check_moe(Isa isa, const nibble::Shape& w_shape, int64_t tokens, int64_t top_k,
                const QuantConfig& config, ActivationPrecision activations) {
-  SCOPED_TRACE("w " + std::to_string(w_shape.rows()) + " rows, T " + std::to_string(tokens) +
-               (activations == ActivationPrecision::int8 ? " int8" : " fp32") + " on " +
-               nibble::to_string(isa));
+  SCOPED_TRACE("w " + std::to_string(w_shape.rows()) + " rows, T " + std::to_string(tokens) + " " +
+               nibble::to_string(activations) + " on " + nibble::to_string(isa));
   const int64_t experts = w_shape[0];
   const int64_t k = w_shape.last();
   const int64_t n = w_shape.rows() / experts;
@@ -62,6 +61,7 @@ void check_moe(Isa isa, const nibble::Shape& w_shape, int64_t tokens, int64_t to
                    TensorView<float>(y.data(), {tokens, n}), options);
 
   const std::vector<float> w_hat = nibble::dequantize_ref(q.view());
+  const std::vector<float> x_multiplied = nibble::testing::as_multiplied(x, activations);
   const auto layout = q.layout();
   const nibble::QuantizedActivations x_int8 =
       nibble::quantize_activations(x_view, layout.padded_k, layout.group_size);
@@ -72,10 +72,10 @@ void check_moe(Isa isa, const nibble::Shape& w_shape, int64_t tokens, int64_t to
       for (int64_t j = 0; j < top_k; ++j) {
         const double gate = gates[static_cast<std::size_t>(t * top_k + j)];
         const int64_t w_row = ids[static_cast<std::size_t>(t * top_k + j)] * n + col;
-        const auto one =
-            activations == ActivationPrecision::int8
-                ? nibble::testing::int8_expectation(q.view(), w_row, x_int8, t)
-                : nibble::testing::fp32_expectation(x.data() + t * k, w_hat.data() + w_row * k, k);
+        const auto one = activations == ActivationPrecision::int8
+                             ? nibble::testing::int8_expectation(q.view(), w_row, x_int8, t)
+                             : nibble::testing::fp32_expectation(x_multiplied.data() + t * k,
+                                                                 w_hat.data() + w_row * k, k);
         expected += gate * one.value;
         // The gate product and the sum over slots: one more rounding each.
         tolerance += std::fabs(gate) * (one.tolerance + std::ldexp(std::fabs(one.value), -22));
@@ -90,7 +90,8 @@ TEST_P(MoeGemmOnIsa, MatchesTheReferenceForEveryBitsAndSymmetry) {
   NIBBLE_REQUIRE_ISA(GetParam());
   for (int bits : {2, 4, 8}) {
     for (bool symmetric : {false, true}) {
-      for (auto activations : {ActivationPrecision::fp32, ActivationPrecision::int8}) {
+      for (auto activations : {ActivationPrecision::fp32, ActivationPrecision::int8,
+                               ActivationPrecision::bf16, ActivationPrecision::fp16}) {
         check_moe(GetParam(), nibble::Shape{4, 37, 200}, 9, 2, QuantConfig{bits, 32, symmetric},
                   activations);
       }

@@ -166,6 +166,45 @@ TEST_P(PackedOnIsa, Fp16AndBf16ActivationsAndScales) {
   }
 }
 
+// bf16 / fp16 precision rounds X first: bit for bit the fp32 precision on the rounded X (the
+// packed kernels have no bf16 dot product to reorder the sums), in the kernel and in the twin.
+TEST_P(PackedOnIsa, Bf16AndFp16PrecisionAreFp32OnRoundedX) {
+  NIBBLE_REQUIRE_ISA(GetParam());
+  for (const QuantConfig& config : {QuantConfig{4, 32, true}, QuantConfig{8, 128, false},
+                                    QuantConfig{2, nibble::kPerChannel, false}}) {
+    const int64_t m = 5, n = 19, k = 200;
+    const std::vector<float> weights = nibble::testing::gaussian(n * k, 3);
+    const QuantTensor<float> q =
+        nibble::quantize<float>(TensorView<const float>(weights.data(), {n, k}), config);
+    nibble::PackOptions pack_options;
+    pack_options.isa = GetParam();
+    const nibble::PackedWeights<float> packed = nibble::pack_for_cpu(q.view(), pack_options);
+    const std::vector<float> x = nibble::testing::gaussian(m * k, 4);
+    const auto run = [&](const std::vector<float>& values, ActivationPrecision as, bool twin) {
+      std::vector<float> y(static_cast<std::size_t>(m * n));
+      const TensorView<const float> x_view(values.data(), {m, k});
+      if (twin) {
+        nibble::gemm_packed_ref(packed, x_view, TensorView<float>(y.data(), {m, n}), as);
+      } else {
+        nibble::GemmOptions options;
+        options.isa = GetParam();
+        options.activations = as;
+        nibble::gemm(packed, x_view, TensorView<float>(y.data(), {m, n}), options);
+      }
+      return y;
+    };
+    for (ActivationPrecision precision : {ActivationPrecision::bf16, ActivationPrecision::fp16}) {
+      SCOPED_TRACE(nibble::to_string(precision));
+      const std::vector<float> rounded = nibble::testing::as_multiplied(x, precision);
+      for (bool twin : {false, true}) {
+        const std::vector<float> y = run(x, precision, twin);
+        EXPECT_NE(y, run(x, ActivationPrecision::fp32, twin));
+        EXPECT_EQ(y, run(rounded, ActivationPrecision::fp32, twin));
+      }
+    }
+  }
+}
+
 TEST_P(PackedOnIsa, LongRows) {
   NIBBLE_REQUIRE_ISA(GetParam());
   check_packed(GetParam(), 2, 24, 4096 + 32, QuantConfig{4, 32, true});
@@ -175,6 +214,72 @@ TEST_P(PackedOnIsa, LongRows) {
 
 INSTANTIATE_TEST_SUITE_P(Isa, PackedOnIsa, ::testing::ValuesIn(nibble::testing::kIsas),
                          nibble::testing::isa_test_name);
+
+// The bytes docs/packed-layout.md describes, derived the other way round: each canonical element
+// (column, k) is placed where the document says it goes (block, chunk, byte, plane), where
+// pack_for_cpu walks the packed bytes and fetches their elements. Pads stay 0.
+TEST(Packed, BytesAreTheDocumentedLayout) {
+  for (const QuantConfig& config :
+       {QuantConfig{4, 32, true}, QuantConfig{4, 20, false}, QuantConfig{2, 48, false},
+        QuantConfig{2, 16, true}, QuantConfig{8, 32, false},
+        QuantConfig{8, nibble::kPerChannel, true}, QuantConfig{4, 512, false},
+        QuantConfig{4, nibble::kPerChannel, false}}) {
+    for (int64_t n : {int64_t{8}, int64_t{13}}) {
+      const int64_t k = config.group_size == nibble::kPerChannel ? 37 : 2 * config.group_size + 7;
+      SCOPED_TRACE(case_name(1, n, k, config));
+      const std::vector<float> weights = nibble::testing::gaussian(n * k, 77);
+      const QuantTensor<float> q =
+          nibble::quantize<float>(TensorView<const float>(weights.data(), {n, k}), config);
+      const nibble::PackedWeights<float> packed = nibble::pack_for_cpu(q.view());
+      const int bits = config.bits;
+      const int64_t chunk_k = 4 * (8 / bits);
+      const int64_t group = q.layout().group_size;
+      const int64_t block = packed.activation_block();
+      const int64_t blocks = packed.n_groups() * packed.blocks_per_group();
+      const int64_t chunks = packed.chunks_per_block();
+      const int64_t tiles = (n + 7) / 8;
+      ASSERT_EQ(packed.codes().size(), static_cast<std::size_t>(tiles * blocks * chunks * 32));
+      std::vector<uint8_t> expected(packed.codes().size(), 0);
+      const auto& codes = q.qweight();  // [n, packed_row_bytes]: code i at bits i * bits
+      for (int64_t row = 0; row < n; ++row) {
+        for (int64_t i = 0; i < k; ++i) {
+          const int64_t byte_index = i * bits / 8;
+          const int code =
+              (codes[static_cast<std::size_t>(row * q.layout().packed_row_bytes + byte_index)] >>
+               (i * bits % 8)) &
+              ((1 << bits) - 1);
+          const int64_t b = (i / group) * packed.blocks_per_group() + (i % group) / block;
+          const int64_t e = (i % group) % block;  // element of the block
+          const int64_t chunk = e / chunk_k;
+          const int64_t plane = (e % chunk_k) / 4;
+          const int64_t t = e % 4;
+          const int64_t tile = row / 8;
+          const int64_t column = row % 8;
+          const auto at = static_cast<std::size_t>(((tile * blocks + b) * chunks + chunk) * 32 +
+                                                   column * 4 + t);
+          const unsigned value = bits == 8 ? static_cast<uint8_t>(code - 128) : unsigned(code);
+          expected[at] = static_cast<uint8_t>(expected[at] | (value << (plane * bits)));
+        }
+      }
+      EXPECT_EQ(packed.codes(), expected);
+      // Scales [tiles][groups][8] (0 past N), zero points likewise (z, or z - 128 at 8 bits).
+      for (int64_t tile = 0; tile < tiles; ++tile) {
+        for (int64_t g = 0; g < packed.n_groups(); ++g) {
+          for (int64_t c = 0; c < 8; ++c) {
+            const int64_t row = tile * 8 + c;
+            const auto at = static_cast<std::size_t>((tile * packed.n_groups() + g) * 8 + c);
+            EXPECT_EQ(packed.scales()[at], row < n ? q.view().scale_row(row)[g] : 0.0f);
+            if (!config.symmetric) {
+              const int zero = row < n ? q.view().zero_point(row, g) - (bits == 8 ? 128 : 0) : 0;
+              EXPECT_EQ(packed.zeros()[at], zero);
+            }
+          }
+        }
+      }
+      EXPECT_EQ(packed.zeros().empty(), config.symmetric);
+    }
+  }
+}
 
 // The packed tensor holds everything its kernels read: the canonical one may go.
 TEST(Packed, OutlivesTheCanonicalTensor) {

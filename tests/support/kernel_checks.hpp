@@ -27,6 +27,16 @@
 
 namespace nibble::testing {
 
+// X's values as `precision` multiplies them: rounded to bf16 / fp16 (via nibble's from_float,
+// whose round-to-nearest-even test_float16 holds to ml_dtypes' truth), else as they are.
+inline std::vector<float> as_multiplied(std::vector<float> values, ActivationPrecision precision) {
+  for (float& value : values) {
+    if (precision == ActivationPrecision::bf16) value = to_float(from_float<bf16>(value));
+    if (precision == ActivationPrecision::fp16) value = to_float(from_float<fp16>(value));
+  }
+  return values;
+}
+
 inline const Isa kIsas[] = {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512vnni, Isa::avx512bf16};
 
 inline std::string isa_test_name(const ::testing::TestParamInfo<Isa>& param) {

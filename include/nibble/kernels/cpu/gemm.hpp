@@ -38,10 +38,29 @@
 
 namespace nibble {
 
-enum class ActivationPrecision : uint8_t {
-  fp32,  // activations stay float
-  int8,  // activations quantized per block to int8; integer dot products
-};
+// What X is multiplied as. Every precision accumulates in fp32 (int8: exact int32 per block).
+//   fp32: X's values as they are (fp16 / bf16 X widened exactly).
+//   int8: X quantized per block to int8 (max|x| / 127, round to nearest even); integer dot
+//   products. bf16, fp16: each X value rounded to that type (round to nearest even, as from_float)
+//   first,
+//     then multiplied as fp32 does: the result is exactly that of fp32 on the rounded X, so it
+//     matches a model run in that type. For bf16 X, bf16 is fp32; for float X, bf16 lets the
+//     avx512bf16 table's vdpbf16ps kernel run (twice an fp32 FMA's multiplies per instruction).
+enum class ActivationPrecision : uint8_t { fp32, int8, bf16, fp16 };
+
+inline const char* to_string(ActivationPrecision precision) {
+  switch (precision) {
+    case ActivationPrecision::fp32:
+      return "fp32";
+    case ActivationPrecision::int8:
+      return "int8";
+    case ActivationPrecision::bf16:
+      return "bf16";
+    case ActivationPrecision::fp16:
+      return "fp16";
+  }
+  return "unknown";
+}
 
 struct GemmOptions {
   int num_threads = 0;  // OpenMP threads over N; 0 = OpenMP's default
@@ -84,17 +103,62 @@ QuantizedActivations quantize_activation_blocks(const TensorView<const ActT>& x,
   return out;
 }
 
-// Writes rows [begin, end) of X (K values each, type ActT) as float rows of padded_k (zero pads).
-template <class ActT>
-void convert_activation_rows(const TensorView<const ActT>& x, const int64_t* source_rows,
-                             int64_t begin, int64_t end, int64_t padded_k, float* out) {
+// Writes rows [begin, end) of X (K values each, type ActT) as float rows of padded_k (zero pads),
+// each value first rounded to Rounded (float: as it is; fp16 / bf16: ActivationPrecision's
+// rounding, exact when ActT already is Rounded).
+template <class Rounded, class ActT>
+void convert_activation_rows_as(const TensorView<const ActT>& x, const int64_t* source_rows,
+                                int64_t begin, int64_t end, int64_t padded_k, float* out) {
   const int64_t k = x.cols();
   for (int64_t row = begin; row < end; ++row) {
     const ActT* in = x.row(source_rows != nullptr ? source_rows[row] : row);
     float* values = out + row * padded_k;
-    for (int64_t i = 0; i < k; ++i)
-      values[i] = to_float(in[i]);
+    for (int64_t i = 0; i < k; ++i) {
+      if constexpr (std::is_same_v<Rounded, float> || std::is_same_v<Rounded, ActT>) {
+        values[i] = to_float(in[i]);
+      } else {
+        values[i] = to_float(from_float<Rounded>(to_float(in[i])));
+      }
+    }
     std::fill(values + k, values + padded_k, 0.0f);
+  }
+}
+
+// Whether `precision` rounds ActT values (bf16 / fp16 precision on X of another type).
+template <class ActT>
+bool rounds_activations(ActivationPrecision precision) {
+  return (precision == ActivationPrecision::bf16 && !std::is_same_v<ActT, bf16>) ||
+         (precision == ActivationPrecision::fp16 && !std::is_same_v<ActT, fp16>);
+}
+
+// convert_activation_rows_as with the rounding `precision` names (fp32 / int8: none; int8
+// quantizes the float rows afterwards).
+template <class ActT>
+void convert_activation_rows(const TensorView<const ActT>& x, const int64_t* source_rows,
+                             int64_t begin, int64_t end, int64_t padded_k, float* out,
+                             ActivationPrecision precision = ActivationPrecision::fp32) {
+  switch (precision) {
+    case ActivationPrecision::bf16:
+      return convert_activation_rows_as<bf16>(x, source_rows, begin, end, padded_k, out);
+    case ActivationPrecision::fp16:
+      return convert_activation_rows_as<fp16>(x, source_rows, begin, end, padded_k, out);
+    default:
+      return convert_activation_rows_as<float>(x, source_rows, begin, end, padded_k, out);
+  }
+}
+
+// Rows [begin, end) of float rows already rounded to bf16 (`values`, padded_k each) as bf16 bits.
+inline void bf16_bits_of_rounded_rows(const float* values, int64_t begin, int64_t end,
+                                      int64_t padded_k, uint16_t* out) {
+  for (int64_t i = begin * padded_k; i < end * padded_k; ++i)
+    out[i] = from_float<bf16>(values[i]).bits;  // exact: values[i] is a bf16 value
+}
+
+inline void check_activation_precision(const char* function, ActivationPrecision precision) {
+  if (static_cast<unsigned>(precision) > static_cast<unsigned>(ActivationPrecision::fp16)) {
+    fail(ErrorCode::invalid_argument, function,
+         ": GemmOptions::activations = ", static_cast<unsigned>(precision),
+         " is not an ActivationPrecision (expected fp32, int8, ", "bf16 or fp16)");
   }
 }
 
@@ -124,6 +188,7 @@ void run_gemm(const QuantTensorView<ScaleT>& w, const TensorView<const ActT>& x,
               const TensorView<ActT>& y, const ActT* bias, const GemmOptions& options) {
   static_assert(is_float_type_v<ActT>, "gemm: activations are float, fp16 or bf16");
   check_threads("gemm", options.num_threads);
+  check_activation_precision("gemm", options.activations);
   const nibble_cpu_kernel_table& table = kernels_for(w, options.isa);
   const int64_t m = x.rows();
   const int64_t n = w.rows();
@@ -133,20 +198,24 @@ void run_gemm(const QuantTensorView<ScaleT>& w, const TensorView<const ActT>& x,
   nibble_gemm_operands& op = ops[0];
   op.m = m;
 
-  // Activations as float rows of padded_k: X itself when it already is, else converted rows.
+  // Activations as float rows of padded_k: X itself when it already is, else converted (and
+  // rounded, for bf16 / fp16 precision) rows.
   std::vector<float> x_float;
-  const bool convert = !std::is_same_v<ActT, float> || op.padded_k != x.cols();
+  const bool rounds = rounds_activations<ActT>(options.activations);
+  const bool convert = !std::is_same_v<ActT, float> || op.padded_k != x.cols() || rounds;
   if (convert) {
     x_float.resize(static_cast<std::size_t>(checked_mul(m, op.padded_k, "activations")));
     op.x = x_float.data();
   } else {
     op.x = reinterpret_cast<const float*>(x.data());
   }
-  // bf16 X also as bf16 rows, for the kernels that take it as it is (AVX512_BF16).
+  // bf16 values (bf16 X at fp32 precision, any X at bf16 precision) also as bf16 rows, for the
+  // kernels that take them as they are (AVX512_BF16).
   std::vector<uint16_t> x_bf16;
-  const bool bf16_rows = std::is_same_v<ActT, bf16> &&
-                         options.activations == ActivationPrecision::fp32 &&
-                         table.uses_bf16_activations != 0;
+  const bool bf16_values =
+      options.activations == ActivationPrecision::bf16 ||
+      (std::is_same_v<ActT, bf16> && options.activations == ActivationPrecision::fp32);
+  const bool bf16_rows = bf16_values && table.uses_bf16_activations != 0;
   if (bf16_rows) {
     x_bf16.resize(static_cast<std::size_t>(checked_mul(m, op.padded_k, "activations")));
     op.x_bf16 = x_bf16.data();
@@ -169,16 +238,21 @@ void run_gemm(const QuantTensorView<ScaleT>& w, const TensorView<const ActT>& x,
     op.y = y_float.data();
   }
 
-  run_gemm_batch(table, w.bits(), scale_index<ScaleT>(),
-                 options.activations == ActivationPrecision::int8, ops, options.num_threads,
-                 [&](std::size_t, int64_t begin, int64_t end) {
-                   if (convert) {
-                     convert_activation_rows(x, nullptr, begin, end, op.padded_k, x_float.data());
-                   }
-                   if constexpr (std::is_same_v<ActT, bf16>) {
-                     if (bf16_rows) bf16_activation_rows(x, begin, end, op.padded_k, x_bf16.data());
-                   }
-                 });
+  run_gemm_batch(
+      table, w.bits(), scale_index<ScaleT>(), options.activations == ActivationPrecision::int8, ops,
+      options.num_threads, [&](std::size_t, int64_t begin, int64_t end) {
+        if (convert) {
+          convert_activation_rows(x, nullptr, begin, end, op.padded_k, x_float.data(),
+                                  options.activations);
+        }
+        if (bf16_rows) {
+          if constexpr (std::is_same_v<ActT, bf16>) {
+            bf16_activation_rows(x, begin, end, op.padded_k, x_bf16.data());
+          } else {
+            bf16_bits_of_rounded_rows(x_float.data(), begin, end, op.padded_k, x_bf16.data());
+          }
+        }
+      });
   if constexpr (!std::is_same_v<ActT, float>)
     convert_outputs(y_float, y.data(), options.num_threads);
 }

@@ -35,6 +35,7 @@ void run_moe_gemm(const QuantTensorView<ScaleT>& w, const TensorView<const ActT>
                   const TensorView<ActT>& y, const GemmOptions& options) {
   static_assert(is_float_type_v<ActT>, "moe_gemm: activations are float, fp16 or bf16");
   check_threads("moe_gemm", options.num_threads);
+  check_activation_precision("moe_gemm", options.activations);
   if (w.shape().rank() < 2) {
     fail(ErrorCode::shape_mismatch, "moe_gemm: weights have shape ", w.shape(),
          " (expected [E, N, K]: experts along the first dimension)");
@@ -102,7 +103,7 @@ void run_moe_gemm(const QuantTensorView<ScaleT>& w, const TensorView<const ActT>
                  [&](std::size_t problem, int64_t begin, int64_t end) {
                    const int64_t first = op_first_route[problem];
                    convert_activation_rows(x, route_token.data() + first, begin, end, padded_k,
-                                           x_routes.data() + first * padded_k);
+                                           x_routes.data() + first * padded_k, options.activations);
                  });
 
   // y[t] = sum over slots in order of gate * (its route's row).

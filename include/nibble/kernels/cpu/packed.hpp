@@ -14,9 +14,10 @@
 // byte: docs/packed-layout.md; the arithmetic: detail/packed_kernels.hpp.
 //
 // Every bits (2, 4, 8), group size (any, per-channel included), symmetry and scale type packs;
-// fp32 and int8 activations, X and Y float / fp16 / bf16, any M. The tensor remembers the ISA it
-// was packed for; a call that would run another ISA's table (GemmOptions::isa, NIBBLE_ISA) is an
-// error, never a silent mismatch. gemm_packed_ref runs the scalar reference kernel on any ISA.
+// fp32, int8, bf16 and fp16 activation precision, X and Y float / fp16 / bf16, any M. The tensor
+// remembers the ISA it was packed for; a call that would run another ISA's table (GemmOptions::isa,
+// NIBBLE_ISA) is an error, never a silent mismatch. gemm_packed_ref runs the scalar reference
+// kernel on any ISA.
 #pragma once
 
 #include <algorithm>
@@ -105,6 +106,13 @@ class PackedWeights {
 namespace detail {
 
 // Rearranges tiles [tile_begin, tile_end) of w into `packed` (sized by the caller).
+//
+// Each tile's 8 rows are first unpacked into `stored`: per column, padded_k stored codes (the
+// code, or at 8 bits q - 128 as a byte) with 0 past K (X is 0 there, so any value would do; 0
+// keeps the bytes deterministic). A chunk byte is then sum_p stored[e_p] << (p * Bits) over its
+// planes' elements e_p (one code at 8 bits). Blocks that fill whole chunks (block_stride ==
+// activation_block: every group size that is a multiple of the chunk K) read their elements
+// straight from `stored`; the others zero the pad elements past the block, element by element.
 template <int Bits, class ScaleT>
 void pack_tiles(const QuantTensorView<ScaleT>& w, PackedWeights<ScaleT>& packed, uint8_t* codes,
                 ScaleT* scales, int8_t* zeros, int64_t tile_begin, int64_t tile_end) {
@@ -115,42 +123,48 @@ void pack_tiles(const QuantTensorView<ScaleT>& w, PackedWeights<ScaleT>& packed,
   const int64_t n_groups = packed.n_groups();
   const int64_t blocks = n_groups * packed.blocks_per_group();
   const int64_t chunks = packed.chunks_per_block();
+  const int64_t block = packed.activation_block();
+  const bool whole_chunks = packed.block_stride() == block;
   const int64_t tile_bytes = blocks * chunks * cpu::kPackedChunkBytes;
   const int64_t padded_k = w.layout().padded_k;
-  std::vector<uint8_t> row_codes(static_cast<std::size_t>(kTile * padded_k), 0);
+  std::vector<uint8_t> stored(static_cast<std::size_t>(kTile * padded_k), 0);
   for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
-    // The tile's columns unpacked (codes 0 past K and for columns past N: X is 0 there, or the
-    // column is never written).
-    std::fill(row_codes.begin(), row_codes.end(), uint8_t{0});
+    std::fill(stored.begin(), stored.end(), uint8_t{0});
     for (int c = 0; c < kTile; ++c) {
       const int64_t row = tile * kTile + c;
-      if (row < n)
-        BitPacking<Bits>::unpack_row(w.qweight_row(row), k, row_codes.data() + c * padded_k);
+      if (row >= n) continue;  // a column past N: never written, codes 0
+      uint8_t* column = stored.data() + c * padded_k;
+      BitPacking<Bits>::unpack_row(w.qweight_row(row), k, column);
+      if constexpr (Bits == 8) {
+        for (int64_t i = 0; i < k; ++i)
+          column[i] = static_cast<uint8_t>(column[i] - 128u);  // q - 128, as int8 bits
+      }
     }
     uint8_t* out = codes + tile * tile_bytes;
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t first = (b / packed.blocks_per_group()) * packed.group_size() +
-                            (b % packed.blocks_per_group()) * packed.activation_block();
+                            (b % packed.blocks_per_group()) * block;
       for (int64_t chunk = 0; chunk < chunks; ++chunk, out += cpu::kPackedChunkBytes) {
-        for (int j = 0; j < cpu::kPackedChunkBytes; ++j) {
-          const int column = j / 4;  // byte j of a chunk: column j / 4, byte t = j % 4 of it
-          const int t = j % 4;
-          unsigned byte = 0;
-          for (int p = 0; p < G::kPlanes; ++p) {
-            // Element (chunk * planes + p) * 4 + t of the block.
-            const int64_t in_block = (chunk * G::kPlanes + p) * 4 + t;
-            const int64_t at = first + in_block;
-            const bool real = in_block < packed.activation_block() && at < k;
-            const unsigned code =
-                real ? row_codes[static_cast<std::size_t>(column * padded_k + at)] : 0u;
-            if constexpr (Bits == 8) {
-              // q - 128 as int8; a pad stays 0 (X is 0 there).
-              byte = real ? static_cast<unsigned>(static_cast<uint8_t>(code - 128u)) : 0u;
-            } else {
-              byte |= code << (p * Bits);
+        const int64_t chunk_first = chunk * G::kChunkK;  // the chunk's first element in the block
+        // Elements of this chunk inside the block (a pad past it stays 0).
+        const int64_t inside = std::min<int64_t>(G::kChunkK, block - chunk_first);
+        const auto write = [&](auto whole) {
+          for (int column = 0; column < kTile; ++column) {
+            const uint8_t* source = stored.data() + column * padded_k + first + chunk_first;
+            for (int t = 0; t < 4; ++t) {  // byte t of the column's 4: element p * 4 + t per plane
+              unsigned byte = 0;
+              for (int p = 0; p < G::kPlanes; ++p) {
+                if (decltype(whole)::value || p * 4 + t < inside)
+                  byte |= unsigned{source[p * 4 + t]} << (p * Bits);
+              }
+              out[column * 4 + t] = static_cast<uint8_t>(byte);
             }
           }
-          out[j] = static_cast<uint8_t>(byte);
+        };
+        if (whole_chunks) {
+          write(std::true_type{});
+        } else {
+          write(std::false_type{});
         }
       }
     }
@@ -187,9 +201,10 @@ nibble_packed_operands packed_operands(const PackedWeights<ScaleT>& w) {
 // (`row_values`, scratch), then per activation block either int8 codes with their scale and
 // scaled code sum, or the floats, each block at block_stride (pads 0).
 template <class ScaleT, class ActT>
-void prepare_packed_rows(const PackedWeights<ScaleT>& w, const TensorView<const ActT>& x, bool int8,
-                         int64_t begin, int64_t end, int8_t* x_codes, float* x_scales,
-                         float* x_scaled_sums, float* x_float) {
+void prepare_packed_rows(const PackedWeights<ScaleT>& w, const TensorView<const ActT>& x,
+                         ActivationPrecision precision, int64_t begin, int64_t end, int8_t* x_codes,
+                         float* x_scales, float* x_scaled_sums, float* x_float) {
+  const bool int8 = precision == ActivationPrecision::int8;
   const int64_t block = w.activation_block();
   const int64_t stride = w.block_stride();
   const int64_t blocks = w.n_groups() * w.blocks_per_group();
@@ -199,7 +214,7 @@ void prepare_packed_rows(const PackedWeights<ScaleT>& w, const TensorView<const 
   std::vector<int8_t> codes(int8 ? static_cast<std::size_t>(padded_k) : 0);
   std::vector<int32_t> sums(int8 ? static_cast<std::size_t>(blocks) : 0);
   for (int64_t row = begin; row < end; ++row) {
-    convert_activation_rows(x, &row, 0, 1, padded_k, values.data());
+    convert_activation_rows(x, &row, 0, 1, padded_k, values.data(), precision);
     if (int8) {
       float* scales = x_scales + row * blocks;
       quantize_activation_row(values.data(), padded_k, block, codes.data(), scales, sums.data());
@@ -243,8 +258,10 @@ void check_packed_operands(const char* function, const PackedWeights<ScaleT>& w,
 // Y = X * W^T with `kernel` over tiles, in parallel when threads != 1.
 template <class ScaleT, class ActT>
 void run_packed(const PackedWeights<ScaleT>& w, const TensorView<const ActT>& x,
-                const TensorView<ActT>& y, const ActT* bias, bool int8, int num_threads,
-                nibble_packed_gemm_fn kernel) {
+                const TensorView<ActT>& y, const ActT* bias, ActivationPrecision precision,
+                int num_threads, nibble_packed_gemm_fn kernel) {
+  check_activation_precision("gemm", precision);
+  const bool int8 = precision == ActivationPrecision::int8;
   const int64_t m = x.rows();
   if (m == 0) return;
   nibble_packed_operands op = packed_operands(w);
@@ -262,7 +279,7 @@ void run_packed(const PackedWeights<ScaleT>& w, const TensorView<const ActT>& x,
   op.x_scaled_sums = x_scaled_sums.data();
   op.x = x_float.data();
   parallel_for_ranges(num_threads, m, 16, [&](int64_t begin, int64_t end) {
-    prepare_packed_rows(w, x, int8, begin, end, x_codes.data(), x_scales.data(),
+    prepare_packed_rows(w, x, precision, begin, end, x_codes.data(), x_scales.data(),
                         x_scaled_sums.data(), x_float.data());
   });
   std::vector<float> bias_float;
@@ -302,14 +319,14 @@ void run_packed_gemm(const PackedWeights<ScaleT>& w, const TensorView<const ActT
          " (GemmOptions::isa or NIBBLE_ISA); pack them again for ", to_string(isa),
          " or call with GemmOptions::isa = ", to_string(w.isa()));
   }
-  const bool int8 = options.activations == ActivationPrecision::int8;
+  const bool int8 = options.activations == ActivationPrecision::int8;  // run_packed checks it
   const nibble_packed_gemm_fn kernel =
       compiled_kernels(isa)->packed_gemm[bits_index(w.bits())][scale_index<ScaleT>()][int8 ? 1 : 0];
   if (kernel == nullptr) {
     fail(ErrorCode::unsupported, "gemm: no packed kernel for ", w.bits(), "-bit weights on ",
          to_string(isa));
   }
-  run_packed(w, x, y, bias, int8, options.num_threads, kernel);
+  run_packed(w, x, y, bias, options.activations, options.num_threads, kernel);
 }
 
 template <int Bits, class ScaleT, bool Int8>
@@ -374,7 +391,7 @@ void gemm(const PackedWeights<ScaleT>& w, TensorView<const ActT> x, TensorView<A
 }
 
 // The scalar reference over the packed layout (the x86 kernels' `_ref` twin), on one thread, on
-// any ISA: X [..., K] float, Y [..., N] float.
+// any ISA: X [..., K] float, Y [..., N] float; any ActivationPrecision.
 template <class ScaleT>
 void gemm_packed_ref(const PackedWeights<ScaleT>& w, TensorView<const float> x, TensorView<float> y,
                      ActivationPrecision activations = ActivationPrecision::fp32) {
@@ -385,7 +402,7 @@ void gemm_packed_ref(const PackedWeights<ScaleT>& w, TensorView<const float> x, 
     const nibble_packed_gemm_fn kernel =
         int8 ? &detail::packed_gemm_scalar_entry<kBits, ScaleT, true>
              : &detail::packed_gemm_scalar_entry<kBits, ScaleT, false>;
-    detail::run_packed(w, x, y, static_cast<const float*>(nullptr), int8, 1, kernel);
+    detail::run_packed(w, x, y, static_cast<const float*>(nullptr), activations, 1, kernel);
   });
 }
 
