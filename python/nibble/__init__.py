@@ -80,6 +80,8 @@ __all__ = [
     "moe_gemm",
     "gemm_isa",
     "ACTIVATIONS",
+    "PackedTensor",
+    "pack_for_cpu",
     "to_matmul_nbits",
     "to_gather_block_quantized",
     "TiedEmbeddings",
@@ -595,19 +597,28 @@ def unpack(packed: np.ndarray, bits: int, k: int) -> np.ndarray:
 # ---- kernels ------------------------------------------------------------------------------------
 
 
-#: What ``activations=`` of :func:`gemm` / :func:`moe_gemm` takes: ``"fp32"`` (products in float)
-#: or ``"int8"`` (each row of x quantized per block to int8, integer dot products: ONNX Runtime's
-#: accuracy_level 4, llama.cpp's Q8 activations), as ``GemmOptions::activations`` in C++.
-ACTIVATIONS: Tuple[str, ...] = ("fp32", "int8")
+#: What ``activations=`` of :func:`gemm` / :func:`moe_gemm` takes, as ``GemmOptions::activations``
+#: in C++ (every one accumulates in float32):
+#: ``"fp32"``: x's values as they are; ``"int8"``: each row of x quantized per block to int8,
+#: integer dot products (ONNX Runtime's accuracy_level 4, llama.cpp's Q8 activations);
+#: ``"bf16"`` / ``"fp16"``: each value of x rounded to that type (round to nearest even) first,
+#: then multiplied as fp32 does: the result of a model run in that type (for bfloat16 x, ``"bf16"``
+#: is ``"fp32"``; on AVX512_BF16 CPUs ``"bf16"`` runs the vdpbf16ps kernel for float32 x too).
+ACTIVATIONS: Tuple[str, ...] = ("fp32", "int8", "bf16", "fp16")
 
 
-def _gemm_arguments(x, activations, num_threads, reference, *, rank=None, hint=""):
+def _gemm_arguments(x, activations, num_threads, reference, *, rank=None, hint="", packed=False):
     """(x's dtype name, activations, threads, reference) of a gemm call, every argument checked."""
     _check_array(x, "x", list(_FLOAT_DTYPES), min_rank=1, rank=rank, shape_hint=hint)
     activations = _checks.choice(activations, "activations", ACTIVATIONS)
     num_threads = _checks.integer(num_threads, "num_threads", **_THREADS)
     reference = _checks.flag(reference, "reference")
-    if reference and (x.dtype != np.float32 or activations != "fp32"):
+    if reference and packed and x.dtype != np.float32:
+        raise ValueError(
+            f"reference=True on a PackedTensor runs its scalar twin (gemm_packed_ref): x must be float32 "
+            f"(got x {x.dtype})"
+        )
+    if reference and not packed and (x.dtype != np.float32 or activations != "fp32"):
         raise ValueError(
             f"reference=True runs the fp32 reference kernel (double accumulation): x must be float32 and "
             f"activations 'fp32' (got x {x.dtype}, activations {activations!r})"
@@ -615,9 +626,73 @@ def _gemm_arguments(x, activations, num_threads, reference, *, rank=None, hint="
     return _FLOAT_DTYPES[x.dtype], activations, num_threads, reference
 
 
+class PackedTensor:
+    """A :class:`QuantTensor` rearranged once, at load time, for this CPU's kernels
+    (:func:`pack_for_cpu`): output columns in tiles of 8 so that one scale load serves a tile,
+    K in the int8 path's activation blocks, scales in the tensor's dtype, zero points as int8.
+    It owns its bytes (the QuantTensor may be dropped) and is meant for :func:`gemm`, not for
+    storage: the canonical QuantTensor stays the interchange format. Layout byte by byte:
+    docs/packed-layout.md.
+
+    Attributes:
+        shape: the logical shape ``(..., N, K)`` (leading dimensions flatten into N).
+        config: the source tensor's :class:`QuantConfig`.
+        scale_dtype: the scales' numpy dtype.
+        isa: the kernel table it was packed for (``"avx2"``, ``"avx512vnni"``, ...); a gemm
+            that would run another (``NIBBLE_ISA``) is an error, never a wrong answer.
+        nbytes: bytes held (codes, scales and zero points).
+    """
+
+    __slots__ = ("shape", "config", "scale_dtype", "_ref")
+
+    def __init__(self, *_args, **_kwargs) -> None:
+        raise TypeError("a PackedTensor is made by nibble.pack_for_cpu(tensor)")
+
+    @classmethod
+    def _from_ref(cls, ref, config: "QuantConfig", scale_dtype) -> "PackedTensor":
+        packed = object.__new__(cls)
+        packed.shape = tuple(ref.shape)
+        packed.config = config
+        packed.scale_dtype = scale_dtype
+        packed._ref = ref
+        return packed
+
+    @property
+    def bits(self) -> int:
+        return self.config.bits
+
+    @property
+    def isa(self) -> str:
+        return self._ref.isa
+
+    @property
+    def nbytes(self) -> int:
+        return self._ref.nbytes
+
+    def __repr__(self) -> str:
+        return (
+            f"PackedTensor(shape={self.shape}, bits={self.config.bits}, group_size={self.config.group_size}, "
+            f"symmetric={self.config.symmetric}, scales={self.scale_dtype}, isa={self.isa!r}, "
+            f"nbytes={self.nbytes})"
+        )
+
+
+def pack_for_cpu(tensor: QuantTensor, *, num_threads: int = 0) -> PackedTensor:
+    """`tensor` (any rank ``[..., N, K]``; any bits, group size, symmetry and scale dtype) packed
+    for the kernel table :func:`gemm` runs on this CPU (``NIBBLE_ISA`` picks another), in
+    parallel (``num_threads``, 0: OpenMP's default), without the GIL. Pack once when a model
+    loads, then pass the :class:`PackedTensor` to :func:`gemm` in place of the tensor."""
+    _tensor(tensor)
+    num_threads = _checks.integer(num_threads, "num_threads", **_THREADS)
+    return PackedTensor._from_ref(_nibble.pack_for_cpu(tensor._ref, num_threads), tensor.config, tensor.scales.dtype)
+
+
+_WEIGHTS = _TENSOR + " or a nibble.PackedTensor (from nibble.pack_for_cpu)"
+
+
 def gemm(
     x: np.ndarray,
-    tensor: QuantTensor,
+    tensor: Union[QuantTensor, PackedTensor],
     bias: Optional[np.ndarray] = None,
     *,
     activations: str = "fp32",
@@ -632,11 +707,26 @@ def gemm(
     another), threaded over N (``num_threads``, 0: OpenMP's default), without the GIL.
     ``activations``: see :data:`ACTIVATIONS`. ``reference=True`` runs the scalar reference kernel
     instead (float32 x, fp32 activations; double accumulation): the truth the fast kernels are
-    tested against."""
-    dtype, activations, num_threads, reference = _gemm_arguments(x, activations, num_threads, reference)
-    _tensor(tensor)
+    tested against.
+
+    ``tensor`` may be a :class:`PackedTensor` (:func:`pack_for_cpu`): the same product from the
+    load-time packed layout, without per-call rearranging (the fastest path for M = 1 to 8).
+    There ``reference=True`` runs the packed layout's scalar twin (float32 x, no bias, any
+    ``activations``)."""
+    packed = isinstance(tensor, PackedTensor)
+    dtype, activations, num_threads, reference = _gemm_arguments(
+        x, activations, num_threads, reference, packed=packed
+    )
+    if not packed:
+        _checks.instance(tensor, "tensor", (QuantTensor,), _WEIGHTS)
     if bias is not None:
         _check_array(bias, "bias", [x.dtype])
+    if packed:
+        return _view_activations(
+            _nibble.gemm_packed(_bits16(x), dtype, tensor._ref, None if bias is None else _bits16(bias),
+                                activations, num_threads, reference),
+            dtype,
+        )
     return _view_activations(
         _nibble.gemm(_bits16(x), dtype, tensor._ref, None if bias is None else _bits16(bias), activations,
                      num_threads, reference),
@@ -662,6 +752,11 @@ def moe_gemm(
     dtype, activations, num_threads, reference = _gemm_arguments(
         x, activations, num_threads, reference, rank=2, hint="[T, K]"
     )
+    if isinstance(tensor, PackedTensor):
+        raise TypeError(
+            "moe_gemm takes the experts' QuantTensor [E, N, K]; routing over a PackedTensor is not "
+            "implemented (gemm takes a packed rank-3 tensor as one [E * N, K] matrix)"
+        )
     _tensor(tensor)
     if len(tensor.shape) != 3:  # [N, K] would be read as N experts of one output each
         raise ValueError(
@@ -682,9 +777,13 @@ def _view_activations(y: np.ndarray, dtype: str) -> np.ndarray:
     return y if dtype == "float32" else y.view(_NUMPY_DTYPE[dtype])
 
 
-def gemm_isa(tensor: QuantTensor, activations: str = "fp32") -> str:
+def gemm_isa(tensor: Union[QuantTensor, PackedTensor], activations: str = "fp32") -> str:
     """The ISA whose kernels :func:`gemm` runs for `tensor` (``"avx512vnni"``, ``"avx2"``, ... or the
-    portable xsimd architecture's name, e.g. ``"sse2"``): what a measured time came from."""
+    portable xsimd architecture's name, e.g. ``"sse2"``): what a measured time came from. For a
+    :class:`PackedTensor`, the ISA it was packed for."""
+    if isinstance(tensor, PackedTensor):
+        _checks.choice(activations, "activations", ACTIVATIONS)
+        return tensor.isa
     return _nibble.gemm_isa(_tensor(tensor)._ref, _checks.choice(activations, "activations", ACTIVATIONS))
 
 

@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "nibble/nibble.hpp"
@@ -453,7 +454,8 @@ nibble::TensorView<const float> float_view(const InArray& array, const char* wha
                                          shape_of(array, what), what);
 }
 
-// ---- gemm / moe_gemm: the dispatched kernels (nibble::gemm), or the reference (gemm_ref) ----------
+// ---- gemm / moe_gemm: the dispatched kernels (nibble::gemm), or the reference (gemm_ref)
+// ----------
 
 // x, bias and y share one dtype: "float32", or "float16" / "bfloat16" as uint16 bit patterns.
 template <class ActT>
@@ -463,19 +465,25 @@ nibble::TensorView<const ActT> activation_view(const InArray& array, const char*
                                         shape_of(array, what), what);
 }
 
+nibble::ActivationPrecision activation_precision(const std::string& activations) {
+  for (const auto precision :
+       {nibble::ActivationPrecision::fp32, nibble::ActivationPrecision::int8,
+        nibble::ActivationPrecision::bf16, nibble::ActivationPrecision::fp16}) {
+    if (activations == nibble::to_string(precision)) return precision;
+  }
+  nibble::detail::fail(ErrorCode::invalid_argument, "activations \"", activations,
+                       "\" is not supported (expected \"fp32\", \"int8\", \"bf16\" or \"fp16\")");
+}
+
 nibble::GemmOptions gemm_options(const std::string& activations, int num_threads) {
   nibble::GemmOptions options;
   options.num_threads = num_threads;
-  if (activations == "int8") {
-    options.activations = nibble::ActivationPrecision::int8;
-  } else if (activations != "fp32") {
-    nibble::detail::fail(ErrorCode::invalid_argument, "activations \"", activations,
-                         "\" is not supported (expected \"fp32\" or \"int8\")");
-  }
+  options.activations = activation_precision(activations);
   return options;
 }
 
-template <class ActT, class Stored = std::conditional_t<std::is_same_v<ActT, float>, float, uint16_t>>
+template <class ActT,
+          class Stored = std::conditional_t<std::is_same_v<ActT, float>, float, uint16_t>>
 nb::object activation_array(std::vector<ActT>&& values, const std::vector<int64_t>& dims) {
   return nb::cast(owned_array<Stored>(std::move(values), dims));
 }
@@ -503,8 +511,8 @@ void check_reference_dtype(bool reference) {
 
 // reference: gemm_ref; otherwise nibble::gemm on the ISA the dispatcher picks.
 nb::object gemm(const InArray& x, const std::string& dtype, const TensorRef& tensor,
-                const std::optional<InArray>& bias, const std::string& activations,
-                int num_threads, bool reference) {
+                const std::optional<InArray>& bias, const std::string& activations, int num_threads,
+                bool reference) {
   const nibble::GemmOptions options = gemm_options(activations, num_threads);
   return with_scale_type(dtype, [&](auto act_tag) {
     using ActT = decltype(act_tag);
@@ -571,11 +579,83 @@ nb::object moe_gemm(const InArray& x, const std::string& dtype, const TensorRef&
   });
 }
 
+// ---- the packed CPU layout (pack_for_cpu): made once, owned by the Python PackedTensor ----------
+
+class PackedRef {
+ public:
+  template <class ScaleT>
+  explicit PackedRef(nibble::PackedWeights<ScaleT>&& weights) : weights_(std::move(weights)) {}
+
+  template <class F>
+  decltype(auto) visit(F&& f) const {
+    return std::visit(std::forward<F>(f), weights_);
+  }
+
+  std::vector<int64_t> shape() const {
+    return visit([](const auto& w) { return w.shape().dims(); });
+  }
+  std::string isa() const {
+    return visit([](const auto& w) { return std::string(nibble::to_string(w.isa())); });
+  }
+  std::size_t nbytes() const {
+    return visit([](const auto& w) { return w.bytes(); });
+  }
+
+ private:
+  std::variant<nibble::PackedWeights<float>, nibble::PackedWeights<nibble::fp16>,
+               nibble::PackedWeights<nibble::bf16>>
+      weights_;
+};
+
+PackedRef pack_for_cpu(const TensorRef& tensor, int num_threads) {
+  nibble::PackOptions options;
+  options.num_threads = num_threads;
+  return tensor.visit([&](const auto& view) {
+    nb::gil_scoped_release no_gil;
+    return PackedRef(nibble::pack_for_cpu(view, options));
+  });
+}
+
+// nibble::gemm over the packed layout, or (reference) its scalar twin gemm_packed_ref.
+nb::object gemm_packed(const InArray& x, const std::string& dtype, const PackedRef& packed,
+                       const std::optional<InArray>& bias, const std::string& activations,
+                       int num_threads, bool reference) {
+  const nibble::GemmOptions options = gemm_options(activations, num_threads);
+  return with_scale_type(dtype, [&](auto act_tag) {
+    using ActT = decltype(act_tag);
+    if (reference && (!std::is_same_v<ActT, float> || bias)) {
+      nibble::detail::fail(ErrorCode::invalid_argument,
+                           "reference=True runs the packed layout's scalar twin "
+                           "(gemm_packed_ref): x must be float32 and bias None");
+    }
+    const nibble::TensorView<const ActT> x_view = activation_view<ActT>(x, "x");
+    std::optional<nibble::TensorView<const ActT>> bias_view;
+    if (bias) bias_view = activation_view<ActT>(*bias, "bias");
+    return packed.visit([&](const auto& w) {
+      const nibble::Shape y_shape = x_view.shape().with_last(w.rows());
+      return run_into_new_output<ActT>(y_shape, [&](const nibble::TensorView<ActT>& y_view) {
+        if constexpr (std::is_same_v<ActT, float>) {
+          if (reference) {
+            nibble::gemm_packed_ref(w, x_view, y_view, options.activations);
+            return;
+          }
+        }
+        if (bias_view) {
+          nibble::gemm(w, x_view, y_view, *bias_view, options);
+        } else {
+          nibble::gemm(w, x_view, y_view, options);
+        }
+      });
+    });
+  });
+}
+
 // The ISA whose kernels gemm runs for `tensor` ("avx512vnni", ..., or xsimd's portable
 // architecture name): what a measured number came from.
 std::string gemm_isa(const TensorRef& tensor, const std::string& activations) {
   const nibble::GemmOptions options = gemm_options(activations, 0);
-  return tensor.visit([&](const auto& view) { return std::string(nibble::gemm_isa(view, options)); });
+  return tensor.visit(
+      [&](const auto& view) { return std::string(nibble::gemm_isa(view, options)); });
 }
 
 template <class F>
@@ -1168,6 +1248,11 @@ NB_MODULE(_nibble, m) {
            "qweight"_a, "scales"_a, "zeros"_a.none(), "shape"_a, "bits"_a, "group_size"_a,
            "symmetric"_a, "convention"_a, "scale_dtype"_a);
 
+  nb::class_<PackedRef>(m, "PackedRef")
+      .def_prop_ro("shape", &PackedRef::shape)
+      .def_prop_ro("isa", &PackedRef::isa)
+      .def_prop_ro("nbytes", &PackedRef::nbytes);
+
   m.def("quantize", &quantize, "weights"_a, "weight_dtype"_a, "bits"_a, "group_size"_a,
         "symmetric"_a, "convention"_a, "scale_dtype"_a, "num_threads"_a, "replace_non_finite"_a);
   m.def("gptq", &gptq, "weights"_a, "weight_dtype"_a, "calibration"_a, "bits"_a, "group_size"_a,
@@ -1187,6 +1272,9 @@ NB_MODULE(_nibble, m) {
   m.def("moe_gemm", &moe_gemm, "x"_a, "dtype"_a, "tensor"_a, "expert_ids"_a, "gates"_a.none(),
         "activations"_a, "num_threads"_a, "reference"_a);
   m.def("gemm_isa", &gemm_isa, "tensor"_a, "activations"_a);
+  m.def("pack_for_cpu", &pack_for_cpu, "tensor"_a, "num_threads"_a);
+  m.def("gemm_packed", &gemm_packed, "x"_a, "dtype"_a, "packed"_a, "bias"_a.none(), "activations"_a,
+        "num_threads"_a, "reference"_a);
   m.def("pack", &pack, "codes"_a, "bits"_a);
   m.def("unpack", &unpack, "packed"_a, "bits"_a, "k"_a);
   m.def("layout", &layout, "tensor"_a);

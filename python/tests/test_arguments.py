@@ -50,6 +50,7 @@ ENTRIES = {
     "gemm": lambda **kw: nibble.gemm(**{"x": X, "tensor": QT, "bias": np.zeros(8, np.float32), **kw}),
     "moe_gemm": lambda **kw: nibble.moe_gemm(**{"x": X, "tensor": EXPERTS, "expert_ids": IDS, "gates": GATES, **kw}),
     "gemm_isa": lambda **kw: nibble.gemm_isa(**{"tensor": QT, **kw}),
+    "pack_for_cpu": lambda **kw: nibble.pack_for_cpu(**{"tensor": QT, **kw}),
     "to_matmul_nbits": lambda **kw: nibble.to_matmul_nbits(**{"tensor": QT, **kw}),
     "to_gather_block_quantized": lambda **kw: nibble.to_gather_block_quantized(**{"tensor": TABLE, **kw}),
     "to_tied_embeddings": lambda **kw: nibble.to_tied_embeddings(**{"tensor": TABLE, **kw}),
@@ -82,7 +83,7 @@ def test_every_public_function_is_in_a_table():
     """A new entry point must join these tables (or be a constant, class or build_info)."""
     tested = {name.split("(")[0].split(".")[0] for name in ENTRIES}
     not_functions = {"CONVENTIONS", "PER_CHANNEL", "KQUANT_VARIANTS", "GPTQ_ZERO_FORMATS", "SYMMETRIES", "GGUF_TYPES",
-                     "ACTIVATIONS", "GgufType", "MatMulNBits", "GatherBlockQuantized", "TiedEmbeddings", "build_info"}
+                     "ACTIVATIONS", "PackedTensor", "GgufType", "MatMulNBits", "GatherBlockQuantized", "TiedEmbeddings", "build_info"}
     assert set(nibble.__all__) - not_functions <= tested
 
 
@@ -107,7 +108,7 @@ def test_defect_moe_gemm_refuses_a_rank_2_weight():
         nibble.moe_gemm(X, QT, np.zeros((2, 1), np.int32))
 
 
-@pytest.mark.parametrize("entry", ["dequantize", "gemm", "moe_gemm", "to_matmul_nbits", "to_awq"])
+@pytest.mark.parametrize("entry", ["dequantize", "gemm", "moe_gemm", "to_matmul_nbits", "to_awq", "pack_for_cpu"])
 def test_defect_a_numpy_array_for_a_tensor_is_a_type_error(entry):
     with pytest.raises(TypeError, match=r"expected a nibble\.QuantTensor \(from nibble\.quantize.*got numpy\.ndarray"):
         ENTRIES[entry](tensor=np.zeros((8, 64), np.float32))
@@ -121,7 +122,7 @@ INTEGER_PARAMS = [
     ("gptq", "bits"), ("gptq", "group_size"), ("gptq", "block_size"), ("gptq", "num_threads"),
     ("autoclip", "bits"), ("autoclip", "group_size"), ("autoclip", "steps"), ("autoclip", "num_threads"),
     ("awq", "bits"), ("awq", "group_size"), ("awq", "grid"), ("awq", "num_threads"),
-    ("gemm", "num_threads"), ("moe_gemm", "num_threads"),
+    ("gemm", "num_threads"), ("moe_gemm", "num_threads"), ("pack_for_cpu", "num_threads"),
     ("pack", "bits"), ("unpack", "bits"), ("unpack", "k"),
     ("QuantConfig", "bits"), ("QuantConfig", "group_size"),
     ("GptqCheckpoint", "bits"), ("GptqCheckpoint", "group_size"), ("AwqCheckpoint", "group_size"),
@@ -152,7 +153,7 @@ INTEGER_VALUES = [  # (entry, param, bad value, message fragment)
       for size in (0, -2)],
     *[(entry, "group_size", 2**70, "group_size = .* is too large") for entry in ("quantize", "QuantConfig")],
     *[(entry, "num_threads", threads, f"num_threads = {threads} is ") for entry in ("quantize", "kquant", "gptq",
-                                                                                    "autoclip", "awq")
+                                                                                    "autoclip", "awq", "pack_for_cpu")
       for threads in (-1, 2**40)],
     ("gptq", "block_size", 0, "block_size = 0 is invalid"),
     ("autoclip", "steps", 0, "steps = 0 is invalid"),
