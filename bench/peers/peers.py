@@ -3,7 +3,9 @@ rounds, one process per measurement. Prints a markdown table.
 
     python3 bench/peers/peers.py --nibble build/release/bench/nibble_peer [--quick]
         [--rounds 5] [--threads 1,2] [--ms 1,2,4,8,16,512] [--shapes 4096x4096,14336x4096]
-        [--work /tmp/nibble-peers] [--json results.jsonl]
+        [--work /tmp/nibble-peers] [--json results.jsonl] [--plot peers.png]
+    python3 bench/peers/peers.py --summarize results.jsonl [--plot peers.png]
+        (the table, and the plot, again from a --json log: no measuring)
 
 Peers: ggml 0.15.3 from the ggml-python 0.0.45 sdist (built by build_ggml.sh into --work; q4_0,
 q4_K, q8_0, in the CPU_REPACK buffer where ggml repacks the type on this CPU), onnxruntime 1.32
@@ -69,7 +71,9 @@ def ensure_onnxruntime() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nibble", required=True, help="path of the nibble_peer binary (the bench build)")
+    parser.add_argument("--nibble", help="path of the nibble_peer binary (the bench build)")
+    parser.add_argument("--summarize", help="a --json log: print its table (and --plot) without measuring")
+    parser.add_argument("--plot", help="also draw each case's times relative to its fastest peer (needs matplotlib)")
     parser.add_argument("--work", default="/tmp/nibble-peers", help="where ggml is downloaded and built")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=50)
@@ -84,6 +88,14 @@ def main() -> int:
                         help="nibble's weights: packed once at load (pack_for_cpu, as the peers repack), "
                              "the canonical layout, or both (canonical rows added as 'nibble ... canonical')")
     args = parser.parse_args()
+    if args.summarize:
+        rows = summarize(args.summarize)
+        print(table(rows))
+        if args.plot:
+            plot(rows, args.plot)
+        return 0
+    if not args.nibble:
+        parser.error("--nibble is required unless --summarize is given")
     # Unset lists: the full benchmark, or --quick's subset.
     args.shapes = args.shapes or ("4096x4096" if args.quick else "4096x4096,14336x4096")
     args.ms = args.ms or ("1,8" if args.quick else "1,2,4,8,16,512")
@@ -132,7 +144,10 @@ def main() -> int:
                                 times[name].append(result["median_ms"])
                                 extra[name] = result
                                 if log:
-                                    log.write(json.dumps(dict(result, case=label, temperature=temperature, round=r)) + "\n")
+                                    log.write(json.dumps(dict(result, name=name, shape=shape, case=label,
+                                                              temperature=temperature, round=r,
+                                                              read_GBps=reads[-1])) + "\n")
+                                    log.flush()
                         row = dict(shape=shape, weights=label, temperature=temperature, threads=threads, m=m,
                                    read=statistics.median(reads), peers={})
                         for name in names:
@@ -144,7 +159,64 @@ def main() -> int:
                         print(format_row(row), flush=True)
     print()
     print(table(rows))
+    if args.plot:
+        plot(rows, args.plot)
     return 0
+
+
+def summarize(path: str) -> list:
+    """Rows as main() builds them, from a --json log (medians over its rounds)."""
+    cases = {}
+    with open(path) as log:
+        for line in log:
+            result = json.loads(line)
+            key = (result["shape"], result["case"], result["temperature"], result["threads"], result["m"])
+            case = cases.setdefault(key, {"reads": {}, "peers": {}})
+            case["reads"][result["round"]] = result["read_GBps"]
+            case["peers"].setdefault(result["name"], []).append(result)
+    rows = []
+    for (shape, label, temperature, threads, m), case in cases.items():
+        row = dict(shape=shape, weights=label, temperature=temperature, threads=threads, m=m,
+                   read=statistics.median(case["reads"].values()), peers={})
+        for name, results in case["peers"].items():
+            t = [r["median_ms"] for r in results]
+            row["peers"][name] = dict(ms=statistics.median(t), spread=max(t) / min(t),
+                                      bytes=results[-1]["weight_bytes"],
+                                      isa=results[-1].get("isa", results[-1].get("buffer", "")))
+        rows.append(row)
+    return rows
+
+
+def plot(rows, output: str) -> None:
+    """One group of bars per case, one bar per peer: its median time / the case's fastest peer."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as pyplot
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib (pip install matplotlib)")
+    names = []
+    for row in rows:
+        names += [column(n) for n in row["peers"] if column(n) not in names]
+    figure, axes = pyplot.subplots(figsize=(max(8, 1.1 * len(rows)), 6))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        values = []
+        for row in rows:
+            best = min(p["ms"] for p in row["peers"].values())
+            times = {column(n): p["ms"] for n, p in row["peers"].items()}
+            values.append(times[name] / best if name in times else 0.0)
+        axes.bar([j + i * width for j in range(len(rows))], values, width, label=name)
+    axes.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))])
+    axes.set_xticklabels([f"{r['weights']}\n{r['temperature']} T={r['threads']} M={r['m']}" for r in rows],
+                         fontsize=7, rotation=60, ha="right")
+    axes.axhline(1.0, color="black", linewidth=0.5)
+    axes.set_ylabel("time / fastest peer's time (lower is better)")
+    axes.set_yscale("log")
+    axes.set_title(f"nibble, ggml and onnxruntime, {rows[0]['shape']}, medians of interleaved rounds")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(output, dpi=110)
 
 
 def ratio(row, nibble_name, rivals):
@@ -157,20 +229,34 @@ def format_row(row) -> str:
     return f"{row['shape']} {row['weights']} {row['temperature']} T={row['threads']} M={row['m']}: " + ", ".join(parts)
 
 
+def column(name: str) -> str:
+    """The table column of a peer: ggml's types (q4_0, q4_K, q8_0 by weights) share one."""
+    return "ggml" if name.startswith("ggml") else name
+
+
 def table(rows) -> str:
-    names = list(rows[0]["peers"])
+    names = []
+    for row in rows:
+        names += [column(n) for n in row["peers"] if column(n) not in names]
     head = ["shape", "weights", "W", "T", "M", "read GB/s"] + [f"{n} ms" for n in names] + [
         "nibble int8 GB/s (roofline)", "nibble int8 / best int8 peer", "nibble fp32 / ORT level 0"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         p = row["peers"]
-        int8_rivals = [n for n in names if n.startswith("ggml") or n == "ORT level 4"]
+        int8_rivals = [n for n in p if n.startswith("ggml") or n == "ORT level 4"]
         nibble = p["nibble int8"]
         gbps = nibble["bytes"] / nibble["ms"] / 1e6
         roof = f"{gbps:.1f} ({gbps / row['read']:.2f})" if row["temperature"] == "cold" else f"{gbps:.1f}"
         cells = [row["shape"], row["weights"], row["temperature"], str(row["threads"]), str(row["m"]),
                  f"{row['read']:.1f}"]
-        cells += [f"{p[n]['ms']:.3f} (x{p[n]['spread']:.2f})" for n in names]
+        by_column = {column(n): (n, v) for n, v in p.items()}
+        for c in names:
+            if c not in by_column:
+                cells.append("")
+                continue
+            name, v = by_column[c]
+            kind = f" {name.split(' ', 1)[1]}" if c == "ggml" else ""
+            cells.append(f"{v['ms']:.3f} (x{v['spread']:.2f}){kind}")
         cells += [roof, f"{ratio(row, 'nibble int8', int8_rivals):.2f}",
                   f"{ratio(row, 'nibble fp32', ['ORT level 0']):.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
