@@ -132,29 +132,21 @@ def main() -> int:
                             for act in ("int8", "fp32"):
                                 peers[f"nibble {act} canonical"] = [args.nibble, *wq, "--act", act, "--layout",
                                                                     "canonical", *common]
-                        times = {name: [] for name in peers}
+                        results = {name: [] for name in peers}  # each peer's measurements, by round
                         reads = []
-                        extra = {}
                         names = list(peers)
                         for r in range(args.rounds):
                             reads.append(run_json([args.nibble, "--read-bandwidth", "--threads", str(threads)])["read_GBps"])
                             order = names[r % len(names):] + names[:r % len(names)]
                             for name in order:
                                 result = run_json(peers[name])
-                                times[name].append(result["median_ms"])
-                                extra[name] = result
+                                results[name].append(result)
                                 if log:
                                     log.write(json.dumps(dict(result, name=name, shape=shape, case=label,
                                                               temperature=temperature, round=r,
                                                               read_GBps=reads[-1])) + "\n")
                                     log.flush()
-                        row = dict(shape=shape, weights=label, temperature=temperature, threads=threads, m=m,
-                                   read=statistics.median(reads), peers={})
-                        for name in names:
-                            t = times[name]
-                            row["peers"][name] = dict(ms=statistics.median(t), spread=max(t) / min(t),
-                                                      bytes=extra[name]["weight_bytes"],
-                                                      isa=extra[name].get("isa", extra[name].get("buffer", "")))
+                        row = make_row(shape, label, temperature, threads, m, reads, results)
                         rows.append(row)
                         print(format_row(row), flush=True)
     print()
@@ -162,6 +154,20 @@ def main() -> int:
     if args.plot:
         plot(rows, args.plot)
     return 0
+
+
+def make_row(shape, label, temperature, threads, m, reads, results) -> dict:
+    """One case of the table: the median read bandwidth of its rounds and, per peer (`results`:
+    name -> its measurements), the median time over rounds, the spread (max / min), weight bytes
+    and ISA / ggml buffer."""
+    row = dict(shape=shape, weights=label, temperature=temperature, threads=threads, m=m,
+               read=statistics.median(reads), peers={})
+    for name, measurements in results.items():
+        t = [r["median_ms"] for r in measurements]
+        last = measurements[-1]
+        row["peers"][name] = dict(ms=statistics.median(t), spread=max(t) / min(t), bytes=last["weight_bytes"],
+                                  isa=last.get("isa", last.get("buffer", "")))
+    return row
 
 
 def summarize(path: str) -> list:
@@ -174,17 +180,7 @@ def summarize(path: str) -> list:
             case = cases.setdefault(key, {"reads": {}, "peers": {}})
             case["reads"][result["round"]] = result["read_GBps"]
             case["peers"].setdefault(result["name"], []).append(result)
-    rows = []
-    for (shape, label, temperature, threads, m), case in cases.items():
-        row = dict(shape=shape, weights=label, temperature=temperature, threads=threads, m=m,
-                   read=statistics.median(case["reads"].values()), peers={})
-        for name, results in case["peers"].items():
-            t = [r["median_ms"] for r in results]
-            row["peers"][name] = dict(ms=statistics.median(t), spread=max(t) / min(t),
-                                      bytes=results[-1]["weight_bytes"],
-                                      isa=results[-1].get("isa", results[-1].get("buffer", "")))
-        rows.append(row)
-    return rows
+    return [make_row(*key, list(case["reads"].values()), case["peers"]) for key, case in cases.items()]
 
 
 def plot(rows, output: str) -> None:
@@ -195,9 +191,7 @@ def plot(rows, output: str) -> None:
         import matplotlib.pyplot as pyplot
     except ImportError:
         raise SystemExit("--plot needs matplotlib (pip install matplotlib)")
-    names = []
-    for row in rows:
-        names += [column(n) for n in row["peers"] if column(n) not in names]
+    names = columns(rows)
     figure, axes = pyplot.subplots(figsize=(max(8, 1.1 * len(rows)), 6))
     width = 0.8 / len(names)
     for i, name in enumerate(names):
@@ -234,10 +228,16 @@ def column(name: str) -> str:
     return "ggml" if name.startswith("ggml") else name
 
 
-def table(rows) -> str:
+def columns(rows) -> list:
+    """The peer columns of `rows`, in order of first appearance."""
     names = []
     for row in rows:
         names += [column(n) for n in row["peers"] if column(n) not in names]
+    return names
+
+
+def table(rows) -> str:
+    names = columns(rows)
     head = ["shape", "weights", "W", "T", "M", "read GB/s"] + [f"{n} ms" for n in names] + [
         "nibble int8 GB/s (roofline)", "nibble int8 / best int8 peer", "nibble fp32 / ORT level 0"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

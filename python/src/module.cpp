@@ -454,8 +454,7 @@ nibble::TensorView<const float> float_view(const InArray& array, const char* wha
                                          shape_of(array, what), what);
 }
 
-// ---- gemm / moe_gemm: the dispatched kernels (nibble::gemm), or the reference (gemm_ref)
-// ----------
+// ---- gemm / moe_gemm: the dispatched kernels (nibble::gemm), or the reference (gemm_ref) ----------
 
 // x, bias and y share one dtype: "float32", or "float16" / "bfloat16" as uint16 bit patterns.
 template <class ActT>
@@ -482,8 +481,7 @@ nibble::GemmOptions gemm_options(const std::string& activations, int num_threads
   return options;
 }
 
-template <class ActT,
-          class Stored = std::conditional_t<std::is_same_v<ActT, float>, float, uint16_t>>
+template <class ActT, class Stored = std::conditional_t<std::is_same_v<ActT, float>, float, uint16_t>>
 nb::object activation_array(std::vector<ActT>&& values, const std::vector<int64_t>& dims) {
   return nb::cast(owned_array<Stored>(std::move(values), dims));
 }
@@ -511,8 +509,8 @@ void check_reference_dtype(bool reference) {
 
 // reference: gemm_ref; otherwise nibble::gemm on the ISA the dispatcher picks.
 nb::object gemm(const InArray& x, const std::string& dtype, const TensorRef& tensor,
-                const std::optional<InArray>& bias, const std::string& activations, int num_threads,
-                bool reference) {
+                const std::optional<InArray>& bias, const std::string& activations,
+                int num_threads, bool reference) {
   const nibble::GemmOptions options = gemm_options(activations, num_threads);
   return with_scale_type(dtype, [&](auto act_tag) {
     using ActT = decltype(act_tag);
@@ -654,8 +652,7 @@ nb::object gemm_packed(const InArray& x, const std::string& dtype, const PackedR
 // architecture name): what a measured number came from.
 std::string gemm_isa(const TensorRef& tensor, const std::string& activations) {
   const nibble::GemmOptions options = gemm_options(activations, 0);
-  return tensor.visit(
-      [&](const auto& view) { return std::string(nibble::gemm_isa(view, options)); });
+  return tensor.visit([&](const auto& view) { return std::string(nibble::gemm_isa(view, options)); });
 }
 
 template <class F>

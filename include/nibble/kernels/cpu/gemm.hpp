@@ -41,11 +41,11 @@ namespace nibble {
 // What X is multiplied as. Every precision accumulates in fp32 (int8: exact int32 per block).
 //   fp32: X's values as they are (fp16 / bf16 X widened exactly).
 //   int8: X quantized per block to int8 (max|x| / 127, round to nearest even); integer dot
-//   products. bf16, fp16: each X value rounded to that type (round to nearest even, as from_float)
-//   first,
-//     then multiplied as fp32 does: the result is exactly that of fp32 on the rounded X, so it
-//     matches a model run in that type. For bf16 X, bf16 is fp32; for float X, bf16 lets the
-//     avx512bf16 table's vdpbf16ps kernel run (twice an fp32 FMA's multiplies per instruction).
+//         products.
+//   bf16, fp16: each X value rounded to that type first (nearest even, as from_float), then
+//         multiplied as fp32 does: exactly fp32's result on the rounded X, as a model run in that
+//         type has it. For bf16 X, bf16 is fp32; for float X, bf16 lets the avx512bf16 table's
+//         vdpbf16ps kernel run (twice an fp32 FMA's multiplies per instruction).
 enum class ActivationPrecision : uint8_t { fp32, int8, bf16, fp16 };
 
 inline const char* to_string(ActivationPrecision precision) {
@@ -158,7 +158,7 @@ inline void check_activation_precision(const char* function, ActivationPrecision
   if (static_cast<unsigned>(precision) > static_cast<unsigned>(ActivationPrecision::fp16)) {
     fail(ErrorCode::invalid_argument, function,
          ": GemmOptions::activations = ", static_cast<unsigned>(precision),
-         " is not an ActivationPrecision (expected fp32, int8, ", "bf16 or fp16)");
+         " is not an ActivationPrecision (expected fp32, int8, bf16 or fp16)");
   }
 }
 
